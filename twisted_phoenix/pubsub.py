@@ -1,0 +1,192 @@
+# -*- test-case-name: tests.test_pubsub -*-
+"""
+Local publish/subscribe with Phoenix's channel fastlane.
+
+A subscriber is any object with the attributes of :class:`Subscriber`.  Channel
+servers subscribe to their topic with a *fastlane*: the connection their
+client is on, its serializer and the events the channel intercepts.  A
+broadcast is then encoded once per serializer and the same :class:`Frame` is
+written to every fastlane subscriber that does not intercept its event,
+without waking the channel.  Every other subscriber gets the
+:class:`~twisted_phoenix.message.Broadcast` through ``handle_broadcast``.
+
+Moving broadcasts between the nodes of a cluster is the job of an *adapter*
+(see :class:`Adapter`); the dispatch on each node is done here.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Protocol
+
+from twisted.logger import Logger
+
+from .message import Broadcast
+from .serializers import Frame, Serializer
+
+__all__ = ["Adapter", "Connection", "PubSub", "Subscriber", "CallbackSubscriber"]
+
+
+class Connection(Protocol):
+    """
+    What the session layer needs of a transport: send a frame, close.
+    """
+
+    def send_frame(self, frame: Frame) -> None:
+        """Write one encoded frame to the client (dropped once closed)."""
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """Close the connection with a WebSocket close code."""
+
+
+class Subscriber(Protocol):
+    """
+    A subscriber of a topic.
+
+    :ivar fastlane: the connection to write encoded broadcasts to, or ``None``
+        for a subscriber that wants every broadcast as a value.
+    :ivar serializer: the fastlane connection's serializer.
+    :ivar intercepts: the events that go to ``handle_broadcast`` even on the
+        fastlane.
+    """
+
+    fastlane: Connection | None
+    serializer: Serializer | None
+    intercepts: frozenset[str]
+
+    def handle_broadcast(self, broadcast: Broadcast) -> None:
+        """Receive a broadcast that does not take the fastlane."""
+
+
+class Adapter(Protocol):
+    """
+    Moves broadcasts to the other nodes of a cluster.
+    """
+
+    def broadcast(self, broadcast: Broadcast) -> None:
+        """Ship ``broadcast`` to every other node, which dispatches it locally."""
+
+
+class CallbackSubscriber:
+    """
+    A subscriber that calls a function with each :class:`Broadcast`.
+    """
+
+    __slots__ = ("callback",)
+    fastlane = None
+    serializer = None
+    intercepts: frozenset[str] = frozenset()
+
+    def __init__(self, callback: Callable[[Broadcast], Any]) -> None:
+        self.callback = callback
+
+    def handle_broadcast(self, broadcast: Broadcast) -> None:
+        self.callback(broadcast)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, CallbackSubscriber) and other.callback == self.callback
+
+    def __hash__(self) -> int:
+        return hash(self.callback)
+
+
+class PubSub:
+    """
+    The subscriptions of one node, and local dispatch.
+
+    Subscribing twice is the same as subscribing once.  Dispatch iterates a
+    snapshot of the subscribers, so a subscriber may subscribe, unsubscribe or
+    close while a broadcast is being delivered.
+    """
+
+    log = Logger()
+
+    def __init__(self, node_name: str = "nonode@nohost", adapter: Adapter | None = None) -> None:
+        self.node_name = node_name
+        self.adapter = adapter
+        self._topics: dict[str, dict[Subscriber, None]] = {}
+        self._snapshots: dict[str, tuple[Subscriber, ...]] = {}
+
+    def subscribe(self, topic: str, subscriber: Subscriber) -> None:
+        """Subscribe ``subscriber`` to ``topic``."""
+        self._topics.setdefault(topic, {})[subscriber] = None
+        self._snapshots.pop(topic, None)
+
+    def unsubscribe(self, topic: str, subscriber: Subscriber) -> None:
+        """Remove ``subscriber`` from ``topic``; a no-op if it is not there."""
+        subscribers = self._topics.get(topic)
+        if subscribers is not None and subscribers.pop(subscriber, 0) is None:
+            self._snapshots.pop(topic, None)
+            if not subscribers:
+                del self._topics[topic]
+
+    def subscribers(self, topic: str) -> tuple[Subscriber, ...]:
+        """The subscribers of ``topic``, in subscription order."""
+        snapshot = self._snapshots.get(topic)
+        if snapshot is None:
+            snapshot = tuple(self._topics.get(topic, ()))
+            if snapshot:
+                self._snapshots[topic] = snapshot
+        return snapshot
+
+    def broadcast(self, topic: str, event: str, payload: Any) -> None:
+        """Send to every subscriber of ``topic`` on every node."""
+        self.broadcast_from(None, topic, event, payload)
+
+    def broadcast_from(self, sender: Subscriber | None, topic: str, event: str, payload: Any) -> None:
+        """
+        Send to every subscriber of ``topic`` on every node but ``sender``.
+        """
+        message = _broadcast(topic, event, payload)
+        if self.adapter is not None:
+            self.adapter.broadcast(message)
+        self.dispatch(message, sender)
+
+    def local_broadcast(self, topic: str, event: str, payload: Any) -> None:
+        """Send to the subscribers of ``topic`` on this node only."""
+        self.dispatch(_broadcast(topic, event, payload))
+
+    def local_broadcast_from(
+        self, sender: Subscriber | None, topic: str, event: str, payload: Any
+    ) -> None:
+        """Send to the subscribers of ``topic`` on this node but ``sender``."""
+        self.dispatch(_broadcast(topic, event, payload), sender)
+
+    def dispatch(self, message: Broadcast, sender: Subscriber | None = None) -> None:
+        """
+        Deliver ``message`` to this node's subscribers, skipping ``sender``.
+
+        This is the broadcast hot path: one encoding per serializer, then one
+        ``send_frame`` per fastlane subscriber.
+        """
+        subscribers = self.subscribers(message.topic)
+        if not subscribers:
+            return
+        event = message.event
+        frames: dict[Serializer, Frame] = {}
+        for subscriber in subscribers:
+            if subscriber is sender:
+                continue
+            connection = subscriber.fastlane
+            if connection is not None and event not in subscriber.intercepts:
+                serializer = subscriber.serializer
+                frame = frames.get(serializer)  # type: ignore[arg-type]
+                if frame is None:
+                    frame = frames[serializer] = serializer.fastlane(message)  # type: ignore[union-attr]
+                connection.send_frame(frame)
+            else:
+                try:
+                    subscriber.handle_broadcast(message)
+                except Exception:
+                    self.log.failure(
+                        "Subscriber {subscriber!r} failed on {topic} {event}",
+                        subscriber=subscriber,
+                        topic=message.topic,
+                        event=event,
+                    )
+
+
+def _broadcast(topic: str, event: str, payload: Any) -> Broadcast:
+    # Phoenix: "a broadcast payload must be a map or {:binary, _}".
+    if not isinstance(payload, (dict, bytes)):
+        raise TypeError(f"a broadcast payload must be a dict or bytes, not {type(payload).__name__}")
+    return Broadcast(topic, event, payload)

@@ -1,0 +1,118 @@
+# -*- test-case-name: tests.test_socket -*-
+"""
+The user socket: authenticates a connection and routes its topics to
+channels (Phoenix's ``use Phoenix.Socket``).
+
+Example::
+
+    class UserSocket(Socket):
+        channels = {"room:*": RoomChannel, "ping": PingChannel}
+
+        def connect(self, params, connect_info):
+            result = verify(self.endpoint.secret_key_base, "user socket", params.get("token"))
+            if not result.ok:
+                return False
+            self.assigns["user_id"] = result.data
+            return True
+
+        def id(self):
+            return f"user_socket:{self.assigns['user_id']}"
+
+``Endpoint.broadcast(socket_id, "disconnect", {})`` then closes every
+connection of that user, on every node.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping
+
+from twisted.internet.defer import Deferred
+
+from .channel import Channel
+
+if TYPE_CHECKING:
+    from ._session import Session
+    from .endpoint import Endpoint
+
+__all__ = ["Socket", "ConnectRefused", "match_route"]
+
+
+class ConnectRefused(Exception):
+    """
+    Raise from :meth:`Socket.connect` to refuse a connection with an HTTP
+    status other than 403 (Phoenix's ``{:error, reason}`` with an error handler).
+    """
+
+    def __init__(self, status: int = 403, reason: str = "Forbidden") -> None:
+        super().__init__(status, reason)
+        self.status = status
+        self.reason = reason
+
+
+def match_route(routes: Mapping[str, type[Channel]], topic: str) -> type[Channel] | None:
+    """
+    The channel class of the first route matching ``topic``: an exact topic,
+    or a ``"prefix*"`` wildcard.
+    """
+    for pattern, channel_class in routes.items():
+        if pattern.endswith("*"):
+            if topic.startswith(pattern[:-1]):
+                return channel_class
+        elif pattern == topic:
+            return channel_class
+    return None
+
+
+class Socket:
+    """
+    Base class of user sockets; one instance per connection.
+
+    :cvar channels: topic pattern → :class:`~twisted_phoenix.channel.Channel`
+        subclass, in priority order.  A ``*`` may end a pattern only.
+    :cvar max_channels: channels one connection may join at once (Phoenix's
+        ``max_channels_per_transport``).
+    :cvar max_backlog: frames a connection may send while one of its joins is
+        pending before it is closed (1008).
+    :cvar timeout: seconds without any inbound data after which the
+        connection is closed (Phoenix's websocket ``timeout``).
+    :cvar auth_token: accept phoenix.js's ``authToken`` in the
+        ``Sec-WebSocket-Protocol`` header (``connect_info["auth_token"]``).
+    :cvar check_origin: ``None`` to use the endpoint's setting, else as
+        :attr:`twisted_phoenix.endpoint.Endpoint.check_origin`.
+    :ivar assigns: per-connection state; each channel starts with a copy.
+    :ivar endpoint: the :class:`~twisted_phoenix.endpoint.Endpoint`.
+    """
+
+    channels: ClassVar[Mapping[str, type[Channel]]] = {}
+    max_channels: ClassVar[int] = 100
+    max_backlog: ClassVar[int] = 1000
+    timeout: ClassVar[float] = 60.0
+    auth_token: ClassVar[bool] = False
+    check_origin: ClassVar[Any] = None
+
+    session: Session | None
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+        self.assigns: dict[str, Any] = {}
+        self.session = None
+
+    def connect(self, params: dict[str, Any], connect_info: dict[str, Any]) -> bool | Deferred[bool]:
+        """
+        Accept (``True``) or refuse (``False``, HTTP 403) a connection.
+
+        :param params: the query parameters, ``vsn`` included.
+        :param connect_info: ``peer_data``, ``uri``, ``x_headers``,
+            ``user_agent``, ``sec_websocket_headers`` and, with
+            :attr:`auth_token`, ``auth_token``.
+        """
+        return True
+
+    def id(self) -> str | None:
+        """A topic naming this user's connections, or ``None``."""
+        return None
+
+    @classmethod
+    def route(cls, topic: str) -> type[Channel] | None:
+        """The channel class for ``topic``, or ``None`` (unmatched topic)."""
+        return match_route(cls.channels, topic)

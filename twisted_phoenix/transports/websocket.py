@@ -1,0 +1,311 @@
+# -*- test-case-name: tests.test_websocket -*-
+"""
+The WebSocket transport: all the Autobahn glue, and nothing else.
+
+:class:`PhoenixServerFactory` serves one user :class:`~twisted_phoenix.socket.Socket`
+class at one mount point.  Its protocol performs Phoenix's handshake checks
+(origin, auth token, ``vsn``, ``connect``), then hands every frame to a
+:class:`~twisted_phoenix._session.Session` and writes what the session sends.
+
+Outgoing frames are written straight to the TCP transport, framed once per
+:class:`~twisted_phoenix.serializers.Frame` (server frames are not masked and
+permessage-deflate is not offered), so one broadcast is framed once for all
+its subscribers.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import struct
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, urlsplit
+
+import txaio
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.types import ConnectionDeny
+from twisted.internet.defer import maybeDeferred
+from twisted.internet.interfaces import ISSLTransport
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from .._session import Session
+from ..origin import origin_allowed
+from ..serializers import DecodeError, Frame, VersionError, select_serializer
+from ..socket import ConnectRefused, Socket
+
+if TYPE_CHECKING:
+    from ..endpoint import Endpoint
+
+__all__ = ["PhoenixServerFactory", "PhoenixServerProtocol", "parse_params", "ws_frame"]
+
+txaio.use_twisted()
+
+AUTH_TOKEN_PREFIX = "base64url.bearer.phx."
+
+CLOSE_NORMAL = 1000
+CLOSE_INTERNAL_ERROR = 1011
+
+
+def ws_frame(data: bytes, binary: bool) -> bytes:
+    """Frame ``data`` as one unmasked, unfragmented server message."""
+    first = 0x82 if binary else 0x81
+    size = len(data)
+    if size < 126:
+        return bytes((first, size)) + data
+    if size < 65536:
+        return struct.pack("!BBH", first, 126, size) + data
+    return struct.pack("!BBQ", first, 127, size) + data
+
+
+def parse_params(query: str) -> dict[str, Any]:
+    """
+    Parse a query string into Phoenix's params: ``a[b]=c`` nests,
+    ``a[]=x`` builds a list, a repeated plain key keeps its last value.
+    """
+    params: dict[str, Any] = {}
+    for key, value in parse_qsl(query, keep_blank_values=True):
+        head, sep, rest = key.partition("[")
+        if not sep or not rest.endswith("]") or not head:
+            params[key] = value
+            continue
+        path = [head] + rest[:-1].split("][")
+        target: Any = params
+        for name, child in zip(path, path[1:]):
+            nxt = target.get(name) if isinstance(target, dict) else None
+            if child == "":
+                if not isinstance(nxt, list):
+                    nxt = target[name] = []
+            elif not isinstance(nxt, dict):
+                nxt = target[name] = {}
+            target = nxt
+        last = path[-1]
+        if isinstance(target, list):
+            target.append(value)
+        elif isinstance(target, dict):
+            target[last] = value
+    return params
+
+
+class PhoenixServerProtocol(WebSocketServerProtocol):
+    """
+    One client connection: Phoenix's handshake checks, then frames to and
+    from a :class:`~twisted_phoenix._session.Session`.
+    """
+
+    log = Logger()
+    factory: PhoenixServerFactory
+    session: Session | None = None
+    _socket: Socket | None = None
+    _serializer: Any = None
+    _idle_call: Any = None
+    _last_seen: float = 0.0
+
+    # -- handshake ---------------------------------------------------------------
+
+    def onConnect(self, request: Any) -> Any:
+        factory = self.factory
+        socket_class = factory.socket_class
+        endpoint = factory.endpoint
+        setting = socket_class.check_origin
+        if setting is None:
+            setting = endpoint.check_origin
+        origin = request.headers.get("origin")
+        if not origin_allowed(origin, setting, endpoint.host):
+            self.log.error(
+                "Could not check origin for Phoenix.Socket transport. Origin of the request: "
+                "{origin}. This happens when you are attempting a socket connection to a "
+                "different host than the one configured in your endpoint (check_origin).",
+                origin=origin,
+            )
+            raise ConnectionDeny(403, "Forbidden")
+
+        connect_info = self._connect_info(request)
+        subprotocol = None
+        if socket_class.auth_token:
+            offered = [p for p in request.protocols if p.startswith(AUTH_TOKEN_PREFIX)]
+            if len(offered) == 1:
+                encoded = offered[0][len(AUTH_TOKEN_PREFIX):]
+                try:
+                    token = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+                    connect_info["auth_token"] = token.decode("utf-8")
+                except (binascii.Error, UnicodeDecodeError):
+                    self.log.warn("Refused an undecodable auth token")
+                    raise ConnectionDeny(403, "Forbidden") from None
+            if "phoenix" in request.protocols:
+                subprotocol = "phoenix"
+
+        params = parse_params(connect_info["uri"]["query"])
+        try:
+            self._serializer = select_serializer(params.get("vsn"), factory.serializers)
+        except VersionError as e:
+            self.log.warn("{message}", message=str(e))
+            raise ConnectionDeny(403, "Forbidden") from None
+
+        socket = socket_class(endpoint)
+        d = maybeDeferred(socket.connect, params, connect_info)
+
+        def connected(accepted: Any) -> Any:
+            if accepted is not True:
+                if accepted is not False:
+                    self.log.error(
+                        "{socket}.connect returned {value!r}; expected True or False",
+                        socket=socket_class.__name__, value=accepted,
+                    )
+                raise ConnectionDeny(403, "Forbidden")
+            socket_id = socket.id()
+            if socket_id is not None and not isinstance(socket_id, str):
+                self.log.warn("{socket}.id() must return a str or None", socket=socket_class.__name__)
+                raise ConnectionDeny(403, "Forbidden")
+            self._socket = socket
+            self.log.info(
+                "CONNECTED TO {socket} Transport: websocket Serializer: {serializer} Parameters: {params}",
+                socket=socket_class.__name__, serializer=type(self._serializer).__name__,
+                params=_filter(params),
+            )
+            return subprotocol
+
+        def refused(failure: Failure) -> Any:
+            if failure.check(ConnectionDeny):
+                return failure
+            if failure.check(ConnectRefused):
+                raise ConnectionDeny(failure.value.status, failure.value.reason)
+            self.log.failure("{socket}.connect failed", failure, socket=socket_class.__name__)
+            raise ConnectionDeny(403, "Forbidden")
+
+        return d.addCallback(connected).addErrback(refused)
+
+    def _connect_info(self, request: Any) -> dict[str, Any]:
+        headers = request.headers
+        peer = self.transport.getPeer()
+        secure = ISSLTransport.providedBy(self.transport)
+        uri = urlsplit(self.http_request_uri)
+        host, _, port = headers.get("host", "").rpartition(":")
+        if not host or not port.isdigit():
+            host, port = headers.get("host", ""), ("443" if secure else "80")
+        return {
+            "peer_data": {"address": getattr(peer, "host", None), "port": getattr(peer, "port", None)},
+            "uri": {
+                "scheme": "https" if secure else "http",
+                "host": host,
+                "port": int(port),
+                "path": uri.path,
+                "query": uri.query,
+            },
+            "x_headers": [(k, v) for k, v in headers.items() if k.startswith("x-")],
+            "sec_websocket_headers": {k: v for k, v in headers.items() if k.startswith("sec-websocket-")},
+            "trace_context_headers": [
+                (k, headers[k]) for k in ("traceparent", "tracestate") if k in headers
+            ],
+            "user_agent": headers.get("user-agent"),
+        }
+
+    def onOpen(self) -> None:
+        assert self._socket is not None
+        self.session = Session(self._socket, self._serializer, self)
+        self._socket = None
+        self._touch()
+        self._idle_call = self.factory._batched_timer.call_later(self.session.socket.timeout, self._check_idle)
+
+    # -- input ---------------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        self._last_seen = self.factory.reactor.seconds()
+        self._dataReceived(data)
+
+    def _touch(self) -> None:
+        self._last_seen = self.factory.reactor.seconds()
+
+    def _check_idle(self) -> None:
+        self._idle_call = None
+        session = self.session
+        if session is None or session.closed:
+            return
+        timeout = session.socket.timeout
+        idle = self.factory.reactor.seconds() - self._last_seen
+        if idle >= timeout:
+            self.log.info("Closing an idle connection after {timeout} s without data", timeout=timeout)
+            self.close(CLOSE_NORMAL, "idle timeout")
+        else:
+            self._idle_call = self.factory._batched_timer.call_later(timeout - idle, self._check_idle)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        session = self.session
+        if session is None or session.closed:
+            return
+        try:
+            session.frame_received(payload, isBinary)
+        except DecodeError as e:
+            self.log.error("Closing a connection that sent a malformed frame: {error}", error=str(e))
+            self.close(CLOSE_INTERNAL_ERROR, "malformed frame")
+        except Exception:
+            self.log.failure("Closing a connection after an error handling its frame")
+            self.close(CLOSE_INTERNAL_ERROR, "internal error")
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        if self._idle_call is not None:
+            self._idle_call.cancel()
+            self._idle_call = None
+        session = self.session
+        if session is not None:
+            session.connection_lost()
+
+    # -- Connection ------------------------------------------------------------------
+
+    def send_frame(self, frame: Frame) -> None:
+        """Write ``frame``; framed once however many connections it goes to."""
+        if self.state != self.STATE_OPEN:
+            return
+        wire = frame.wire
+        if wire is None:
+            wire = frame.wire = ws_frame(frame.data, frame.binary)
+        self.transport.write(wire)
+
+    def close(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
+        """Start the closing handshake with any close code (Autobahn's sendClose allows few)."""
+        if self.state == self.STATE_OPEN:
+            self.sendCloseFrame(code, reason.encode("utf-8")[:120] if reason else None)
+            if self.session is not None:
+                # The channels end now; the handshake may take a while.
+                self.session.connection_lost()
+
+
+_SENSITIVE = ("password", "secret", "token")
+
+
+def _filter(params: dict[str, Any]) -> dict[str, Any]:
+    """Hide parameters whose name looks sensitive, as Phoenix's logger does."""
+    return {
+        k: ("[FILTERED]" if any(s in k.lower() for s in _SENSITIVE) else (_filter(v) if isinstance(v, dict) else v))
+        for k, v in params.items()
+    }
+
+
+class PhoenixServerFactory(WebSocketServerFactory):
+    """
+    Serves one :class:`~twisted_phoenix.socket.Socket` class.
+    """
+
+    protocol = PhoenixServerProtocol
+
+    def __init__(self, endpoint: Endpoint, socket_class: type[Socket], *, max_frame_size: int) -> None:
+        super().__init__(reactor=endpoint.reactor)
+        self.endpoint = endpoint
+        self.socket_class = socket_class
+        self.serializers = getattr(socket_class, "serializers", None) or _default_serializers()
+        # Autobahn's timers run on txaio's global loop; use ours.
+        self._batched_timer = txaio.with_config(loop=endpoint.reactor).make_batched_timer(
+            bucket_seconds=0.2, chunk_size=1000
+        )
+        self.setProtocolOptions(
+            maxFramePayloadSize=max_frame_size,
+            maxMessagePayloadSize=max_frame_size,
+            openHandshakeTimeout=endpoint.handshake_timeout,
+            closeHandshakeTimeout=endpoint.close_timeout,
+        )
+
+
+def _default_serializers() -> Any:
+    from ..serializers import SERIALIZERS
+
+    return SERIALIZERS
