@@ -11,7 +11,7 @@ from typing import Mapping
 
 from twisted.logger import Logger
 
-__all__ = ["DEV_SECRET_KEY_BASE", "ConfigError", "resolve_env", "resolve_secret"]
+__all__ = ["COOKIE_FILE", "DEV_SECRET_KEY_BASE", "ConfigError", "resolve_cookie", "resolve_env", "resolve_secret"]
 
 log = Logger()
 
@@ -56,3 +56,37 @@ def resolve_secret(
         "(set SECRET_KEY_BASE; `twisted-phoenix secret` makes one)"
     )
     return DEV_SECRET_KEY_BASE
+
+
+#: Where a node keeps its cookie when none is configured, like Erlang's
+#: ``~/.erlang.cookie``: every node started by the same user shares it.
+COOKIE_FILE = "~/.twisted_phoenix.cookie"
+
+
+def resolve_cookie(
+    explicit: str | None = None, environ: Mapping[str, str] = os.environ, path: str = COOKIE_FILE
+) -> str:
+    """
+    The cluster cookie: ``--cookie``, else ``PHOENIX_COOKIE``, else the
+    cookie file (created with a random cookie, readable by its owner only,
+    when it does not exist yet).
+    """
+    cookie = explicit or environ.get("PHOENIX_COOKIE")
+    if cookie:
+        return cookie
+    import secrets
+
+    path = os.path.expanduser(path)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
+    except FileExistsError:
+        with open(path, encoding="ascii") as f:
+            cookie = f.read().strip()
+    else:
+        cookie = secrets.token_urlsafe(24)
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            f.write(cookie)
+        log.info("Created the cluster cookie file {path}", path=path)
+    if not cookie:
+        raise ConfigError(f"the cookie file {path} is empty")
+    return cookie

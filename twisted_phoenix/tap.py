@@ -16,10 +16,12 @@ from twisted.application import service
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
-from twisted.web.server import Site
 
-from .config import ConfigError, resolve_env, resolve_secret
+from .cluster import NO_NODE, ClusterTLS, Node, parse_node_name
+from .cluster.portmapper import mapper_port
+from .config import ConfigError, resolve_cookie, resolve_env, resolve_secret
 from .endpoint import Endpoint
+from .pubsub import PubSub
 
 DEFAULT_ENDPOINT = "twisted_phoenix.examples.hello_sockets:Endpoint"
 
@@ -47,7 +49,10 @@ class Options(usage.Options):
     longdesc = (
         "Serve a twisted_phoenix Endpoint (Phoenix Channels over WebSocket). "
         "Without --endpoint, serves the HelloSockets demo app at "
-        "ws://localhost:4000/socket/websocket."
+        "ws://localhost:4000/socket/websocket. The environment variables PORT, "
+        "SECRET_KEY_BASE and PHOENIX_ENV give the defaults of --port, "
+        "--secret-key-base and --env. For tokens and secrets, see: "
+        "twisted-phoenix --help"
     )
 
     optParameters = [
@@ -56,24 +61,47 @@ class Options(usage.Options):
         ["name", None, "nonode@nohost", "This node's name, e.g. server@127.0.0.1."],
         ["secret-key-base", None, None, "Secret for signing tokens (default: $SECRET_KEY_BASE)."],
         ["env", None, None, "dev, test or prod (default: $PHOENIX_ENV, else dev). prod requires a secret."],
+        ["cookie", None, None, "Cluster cookie (default: $PHOENIX_COOKIE, else ~/.twisted_phoenix.cookie)."],
+        ["dist-interface", None, "127.0.0.1", "Interface for cluster links (0.0.0.0 to link across hosts)."],
+        ["dist-port", None, "0", "Port for cluster links (default: any free port, found by name on this host)."],
+        ["dist-cert", None, None, "TLS for cluster links: this node's certificate (PEM)."],
+        ["dist-key", None, None, "TLS for cluster links: its private key (PEM)."],
+        ["dist-ca", None, None, "TLS for cluster links: the CA certificate that signed every node's."],
+        ["epmd-port", None, None, "Port of the node-name mapper on 127.0.0.1 (default: $PHOENIX_EPMD_PORT, else 4370)."],
+        ["heartbeat-interval", None, "1.0", "Seconds between heartbeats on each cluster link."],
+        ["heartbeat-timeout", None, "3.0", "Seconds of silence after which a peer node is dropped."],
+    ]
+
+    optFlags = [
+        ["no-http", None, "Serve no sockets: a cluster node for workers and broadcasts only."],
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
+        self["connect"] = []
+
+    def opt_connect(self, node: str) -> None:
+        self["connect"].append(node)
+
+    opt_connect.__doc__ = (
+        "Connect to this node at start (name@host, or name@host=ADDRESS:PORT for another host); repeatable."
+    )
 
     def opt_listen(self, description: str) -> None:
-        """
-        A Twisted endpoint string to serve on, repeatable, e.g.
-        tcp:4000:interface=127.0.0.1 or ssl:4443:privateKey=key.pem:certKey=cert.pem
-        """
         self["listen"].append(description)
+
+    # One line: usage.Options prints a docstring's indentation as it is.
+    opt_listen.__doc__ = (
+        "A Twisted endpoint string to serve on; repeatable. E.g. tcp:4000:interface=127.0.0.1 "
+        "or ssl:4443:privateKey=key.pem:certKey=cert.pem (replaces --port)."
+    )
 
     def postOptions(self) -> None:
         if not self["listen"]:
             port = self["port"] or os.environ.get("PORT") or "4000"
-            if not port.isdigit():
-                raise usage.UsageError(f"--port takes a number, not {port!r}")
+            if not (port.isascii() and port.isdigit() and int(port) <= 65535):
+                raise usage.UsageError(f"--port takes a port number (0-65535), not {port!r}")
             self["listen"] = [f"tcp:{port}"]
         self["endpoint_class"] = load_endpoint_class(self["endpoint"])
         try:
@@ -81,6 +109,26 @@ class Options(usage.Options):
             self["secret"] = resolve_secret(self["secret-key-base"], self["env"])
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
+        self["cluster"] = self["name"] != NO_NODE
+        if self["cluster"]:
+            self._cluster_options()
+        elif self["connect"] or self["no-http"]:
+            raise usage.UsageError("--connect and --no-http need --name (a node name)")
+
+    def _cluster_options(self) -> None:
+        try:
+            parse_node_name(self["name"])
+            self["cookie"] = resolve_cookie(self["cookie"])
+            self["dist-port"] = int(self["dist-port"])
+            self["epmd-port"] = int(self["epmd-port"] or mapper_port())
+            self["heartbeat-interval"] = float(self["heartbeat-interval"])
+            self["heartbeat-timeout"] = float(self["heartbeat-timeout"])
+        except (ValueError, ConfigError) as e:
+            raise usage.UsageError(str(e)) from None
+        tls_files = [self["dist-cert"], self["dist-key"], self["dist-ca"]]
+        if any(tls_files) and not all(tls_files):
+            raise usage.UsageError("TLS cluster links need --dist-cert, --dist-key and --dist-ca")
+        self["tls"] = ClusterTLS.from_files(*tls_files) if all(tls_files) else None
 
 
 class ListeningService(service.Service):
@@ -126,12 +174,28 @@ def makeService(options: Options) -> service.IService:
     """Build the service: the endpoint served on every ``--listen``."""
     from twisted.internet import reactor
 
+    pubsub = PubSub(options["name"])
     endpoint = options["endpoint_class"](
-        reactor, node_name=options["name"], secret_key_base=options["secret"]
+        reactor, node_name=options["name"], secret_key_base=options["secret"], pubsub=pubsub
     )
-    site = Site(endpoint.resource())
-    site.noisy = False
     top = service.MultiService()
-    for description in options["listen"]:
-        ListeningService(reactor, description, site).setServiceParent(top)
+    if options["cluster"]:
+        Node(
+            reactor,
+            options["name"],
+            cookie=options["cookie"],
+            pubsub=pubsub,
+            interface=options["dist-interface"],
+            port=options["dist-port"],
+            tls=options["tls"],
+            mapper_port=options["epmd-port"],
+            heartbeat_interval=options["heartbeat-interval"],
+            heartbeat_timeout=options["heartbeat-timeout"],
+            connect=options["connect"],
+        ).setServiceParent(top)
+    if not options["no-http"]:
+        site = endpoint.site()
+        site.noisy = False
+        for description in options["listen"]:
+            ListeningService(reactor, description, site).setServiceParent(top)
     return top

@@ -1,0 +1,262 @@
+# -*- test-case-name: tests.test_console -*-
+"""
+``twisted-phoenix console``: a Python prompt on a cluster node, like
+``iex --name remote@127.0.0.1 -S mix``.
+
+In scope: ``Node`` (the :class:`~twisted_phoenix.cluster.Node`:
+``Node.connect(name)``, ``Node.list()``, ``Node.self()``), ``Endpoint``
+(the app's endpoint on this node: ``Endpoint.broadcast(topic, event,
+payload)``) and ``reactor``.  A result that is a Deferred is waited for and
+its result shown.
+
+On a terminal the prompt is Twisted's manhole, with the reactor running;
+with piped input, each statement is run in turn; ``-c CODE`` runs the code
+once, waits for any Deferred it produces, and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import codeop
+import os
+import sys
+import traceback
+from typing import Any, Callable
+
+from twisted.internet import defer
+from twisted.internet.error import ReactorNotRunning
+from twisted.logger import Logger
+
+__all__ = ["add_arguments", "evaluate", "run"]
+
+log = Logger()
+
+
+def evaluate(source: str, namespace: dict[str, Any]) -> Any:
+    """
+    Run ``source`` in ``namespace``; return the value of its last statement
+    when that is an expression, else ``None``.
+    """
+    tree = ast.parse(source, "<console>", "exec")
+    last = tree.body[-1] if tree.body else None
+    if isinstance(last, ast.Expr):
+        exec(compile(ast.Module(tree.body[:-1], []), "<console>", "exec"), namespace)
+        return eval(compile(ast.Expression(last.value), "<console>", "eval"), namespace)
+    exec(compile(tree, "<console>", "exec"), namespace)
+    return None
+
+
+def _settled(value: Any) -> defer.Deferred[Any]:
+    """A Deferred of ``value``, waiting for it when it is one."""
+    return value if isinstance(value, defer.Deferred) else defer.succeed(value)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The console's command-line options."""
+    parser.add_argument("--name", required=True, help="this node's name, e.g. remote@127.0.0.1")
+    parser.add_argument("--connect", action="append", default=[], metavar="NODE",
+                        help="connect to NODE (name@host, or name@host=ADDRESS:PORT) first; repeatable")
+    parser.add_argument("--endpoint", default="twisted_phoenix.examples.hello_sockets:Endpoint",
+                        help="the app's endpoint, package.module:Endpoint")
+    parser.add_argument("--cookie", help="the cluster cookie (default: $PHOENIX_COOKIE, else ~/.twisted_phoenix.cookie)")
+    parser.add_argument("--secret-key-base", help="default: $SECRET_KEY_BASE")
+    parser.add_argument("--env", help="dev, test or prod (default: $PHOENIX_ENV, else dev)")
+    parser.add_argument("--epmd-port", type=int, help="the port mapper's port (default: $PHOENIX_EPMD_PORT, else 4370)")
+    parser.add_argument("--dist-cert", help="this node's TLS certificate (PEM) for cluster links")
+    parser.add_argument("--dist-key", help="its private key (PEM)")
+    parser.add_argument("--dist-ca", help="the CA certificate that signed every node's certificate")
+    parser.add_argument("-c", dest="code", help="run CODE, wait for its result, print it and exit")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Start the node, then the prompt (or ``-c``); returns the exit status."""
+    from twisted.internet import reactor
+
+    from .cluster import ClusterTLS, Node
+    from .cluster.portmapper import mapper_port
+    from .config import resolve_cookie, resolve_env, resolve_secret
+    from .pubsub import PubSub
+    from .tap import load_endpoint_class
+
+    env = resolve_env(args.env)
+    endpoint_class = load_endpoint_class(args.endpoint)
+    pubsub = PubSub(args.name)
+    tls = None
+    if args.dist_cert or args.dist_key or args.dist_ca:
+        tls = ClusterTLS.from_files(args.dist_cert, args.dist_key, args.dist_ca)
+    node = Node(
+        reactor, args.name, cookie=resolve_cookie(args.cookie), pubsub=pubsub, tls=tls,
+        mapper_port=args.epmd_port or mapper_port(),
+    )
+    endpoint = endpoint_class(
+        reactor, node_name=args.name, secret_key_base=resolve_secret(args.secret_key_base, env), pubsub=pubsub
+    )
+    namespace: dict[str, Any] = {"Node": node, "Endpoint": endpoint, "reactor": reactor}
+    status = [0]
+
+    @defer.inlineCallbacks
+    def start() -> Any:
+        try:
+            yield node.start()
+            for target in args.connect:
+                ok = yield node.connect(target)
+                if not ok:
+                    sys.stderr.write(f"could not connect to {target}\n")
+            if args.code is not None:
+                status[0] = yield _run_code(args.code, namespace, node)
+                yield _shutdown(node, reactor)
+            elif os.isatty(0):
+                _interactive(namespace, lambda: _shutdown(node, reactor))
+            else:
+                _piped(namespace, lambda: _shutdown(node, reactor))
+        except Exception:
+            traceback.print_exc()
+            status[0] = 1
+            yield _shutdown(node, reactor)
+
+    reactor.callWhenRunning(start)
+    reactor.run()
+    return status[0]
+
+
+@defer.inlineCallbacks
+def _run_code(code: str, namespace: dict[str, Any], node: Any) -> Any:
+    try:
+        value = yield _settled(evaluate(code, namespace))
+    except Exception:
+        traceback.print_exc()
+        return 1
+    if value is not None:
+        print(repr(value))
+    return 0
+
+
+@defer.inlineCallbacks
+def _shutdown(node: Any, reactor: Any) -> Any:
+    try:
+        yield node.stop()
+    finally:
+        try:
+            reactor.stop()
+        except ReactorNotRunning:
+            pass
+
+
+def _piped(namespace: dict[str, Any], done: Callable[[], Any]) -> None:
+    """Statements from a pipe, one after another; Deferred results awaited."""
+    from twisted.internet.stdio import StandardIO
+    from twisted.protocols.basic import LineReceiver
+
+    class PipedConsole(LineReceiver):
+        delimiter = b"\n"
+
+        def __init__(self) -> None:
+            self.buffer: list[str] = []
+            self.queue: list[bytes] = []
+            self.waiting = False
+            self.eof = False
+            self.finished = False
+
+        def lineReceived(self, line: bytes) -> None:
+            if self.waiting:
+                self.queue.append(line)
+                return
+            self.buffer.append(line.decode("utf-8"))
+            source = "\n".join(self.buffer)
+            try:
+                complete = codeop.compile_command(source, "<console>", "exec")
+            except SyntaxError:
+                traceback.print_exc()
+                self.buffer = []
+                return
+            if complete is None and line.strip():
+                return
+            self.buffer = []
+            if not source.strip():
+                return
+            try:
+                value = evaluate(source, namespace)
+            except Exception:
+                traceback.print_exc()
+                return
+            self.waiting = True
+            _settled(value).addCallbacks(self.show, self.fail).addBoth(self.next)
+
+        def show(self, value: Any) -> None:
+            if value is not None:
+                print(repr(value), flush=True)
+
+        def fail(self, failure: Any) -> None:
+            sys.stderr.write(failure.getTraceback())
+
+        def next(self, _: Any) -> None:
+            self.waiting = False
+            queue, self.queue = self.queue, []
+            for line in queue:
+                self.lineReceived(line)
+            if self.eof and not self.waiting:
+                self.finish()
+
+        def finish(self) -> None:
+            if not self.finished:
+                self.finished = True
+                done()
+
+        def connectionLost(self, reason: Any = None) -> None:
+            self.eof = True
+            if self.buffer:
+                self.lineReceived(b"")
+            if not self.waiting:
+                self.finish()
+
+    StandardIO(PipedConsole())
+
+
+def _interactive(namespace: dict[str, Any], done: Callable[[], Any]) -> None:
+    """Twisted's manhole on the terminal; Deferred results shown when they fire."""
+    import termios
+    import tty
+
+    from twisted.conch import manhole
+    from twisted.conch.insults.insults import ServerProtocol
+    from twisted.internet.stdio import StandardIO
+
+    class Interpreter(manhole.ManholeInterpreter):
+        def displayhook(self, obj: Any) -> None:
+            if isinstance(obj, defer.Deferred):
+                self.locals["_"] = obj
+                obj.addCallbacks(
+                    lambda v: v is not None and self.write(repr(v), True),
+                    lambda f: self.write(f.getTraceback(), True),
+                )
+            else:
+                super().displayhook(obj)
+
+    class Console(manhole.ColoredManhole):
+        def connectionMade(self) -> None:
+            super().connectionMade()
+            self.interpreter = Interpreter(self, self.namespace)
+
+        def connectionLost(self, reason: Any) -> None:
+            super().connectionLost(reason)
+            done()
+
+        def handle_EOF(self) -> None:
+            if self.lineBuffer:
+                self.terminal.write(b"\a")
+            else:
+                self.terminal.loseConnection()
+
+    fd = sys.__stdin__.fileno()
+    old = termios.tcgetattr(fd)
+    tty.setraw(fd)
+
+    def restore() -> None:
+        termios.tcsetattr(fd, termios.TCSANOW, old)
+        os.write(fd, b"\r\n")
+
+    from twisted.internet import reactor
+
+    reactor.addSystemEventTrigger("after", "shutdown", restore)
+    StandardIO(ServerProtocol(Console, namespace))
