@@ -94,6 +94,7 @@ class ChannelServer:
         "_waiting",
         "_current",
         "_others",
+        "_on_end",
     )
 
     def __init__(
@@ -120,6 +121,7 @@ class ChannelServer:
         self._waiting = False
         self._current: Message | None = None
         self._others: dict[str, _InfoSubscriber] = {}
+        self._on_end: list[Callable[[], None]] | None = None
         channel = self.channel = channel_class()
         channel._server = self
         channel.socket = session.socket
@@ -235,8 +237,8 @@ class ChannelServer:
 
         def on_result(result: Any) -> None:
             self._current = None
-            if result is None:
-                return
+            if result is None or self.state is DEAD:
+                return  # a channel killed meanwhile (duplicate join) no longer replies
             if type(result) is Result:
                 self._send_reply(message.ref, result)
             elif type(result) is Stop:
@@ -321,6 +323,15 @@ class ChannelServer:
 
     # -- ending ------------------------------------------------------------------
 
+    def on_end(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` when the channel ends, however it ends (Presence uses this)."""
+        if self.state is DEAD:
+            callback()
+        else:
+            if self._on_end is None:
+                self._on_end = []
+            self._on_end.append(callback)
+
     def _die(self) -> None:
         """Stop receiving anything: timers, subscriptions, mailbox."""
         was_joined = self.state is JOINED or self.state is ENDING
@@ -333,6 +344,12 @@ class ChannelServer:
             pubsub.unsubscribe(self.topic, self)
         for topic in list(self._others):
             self.unsubscribe(topic)
+        callbacks, self._on_end = self._on_end, None
+        for callback in callbacks or ():
+            try:
+                callback()
+            except Exception:
+                self.log.failure("{topic!r}: an end-of-channel callback failed", topic=self.topic)
 
     def _terminate(self, reason: Any) -> None:
         """Run the channel's terminate; pushes it makes still go out."""

@@ -21,9 +21,11 @@ from typing import Any, Callable, ClassVar, Mapping
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import IResource, Resource
+from twisted.web.server import Site
 
 from .message import Broadcast
 from .origin import OriginSetting
+from .presence import Presence
 from .pubsub import CallbackSubscriber, PubSub
 from .socket import Socket
 
@@ -34,16 +36,35 @@ __all__ = ["Endpoint"]
 DEFAULT_MAX_FRAME_SIZE = 1024 * 1024
 
 
+class _Node(Resource):
+    """A level of the mount tree; ``var_child`` matches any segment (``:name``)."""
+
+    var_child: Resource | None = None
+
+    def getChild(self, path: bytes, request: Any) -> Any:
+        if self.var_child is not None and path:
+            return self.var_child
+        return super().getChild(path, request)
+
+
 class Endpoint:
     """
     An application: its sockets and its PubSub.
 
     :cvar sockets: mount path → :class:`~twisted_phoenix.socket.Socket` subclass.
+        A ``:name`` segment (``/rooms/:room``) matches any one segment, whose
+        value reaches ``connect`` as ``params["room"]``.
+    :cvar presence_class: the :class:`~twisted_phoenix.presence.Presence`
+        subclass for :attr:`presence` (override ``fetch`` there).
+    :cvar presence_options: tracker options, e.g. ``{"broadcast_period": 1.5,
+        "down_period": 30, "permdown_period": 1200}``.
     :cvar check_origin: see :func:`twisted_phoenix.origin.origin_allowed`;
         the default ``True`` accepts pages served from :attr:`host`.
     :cvar host: the public host name, for ``check_origin = True``.
     :cvar max_frame_size: the largest frame or message a client may send;
         larger ones close the connection with 1009.
+    :cvar handshake_timeout: seconds a client has to complete its HTTP
+        request and WebSocket handshake (a silent connection is dropped).
 
     :param reactor: provides time and networking (a
         :class:`~twisted.internet.testing.MemoryReactorClock` in tests).
@@ -54,6 +75,8 @@ class Endpoint:
     """
 
     sockets: ClassVar[Mapping[str, type[Socket]]] = {}
+    presence_class: ClassVar[type[Presence]] = Presence
+    presence_options: ClassVar[Mapping[str, Any]] = {}
     check_origin: ClassVar[OriginSetting] = True
     host: ClassVar[str] = "localhost"
     max_frame_size: ClassVar[int] = DEFAULT_MAX_FRAME_SIZE
@@ -72,6 +95,8 @@ class Endpoint:
         self.node_name = node_name
         self.secret_key_base = secret_key_base
         self.pubsub = pubsub if pubsub is not None else PubSub(node_name)
+        #: This endpoint's :class:`~twisted_phoenix.presence.Presence`.
+        self.presence: Presence = self.presence_class(self, **self.presence_options)
         self._callbacks: dict[tuple[str, Callable[[Broadcast], Any]], CallbackSubscriber] = {}
 
     # -- serving --------------------------------------------------------------------
@@ -84,18 +109,44 @@ class Endpoint:
         from .transports.websocket import PhoenixServerFactory
         from autobahn.twisted.resource import WebSocketResource
 
-        root = Resource()
+        root = _Node()
         for mount, socket_class in self.sockets.items():
             node = root
             for segment in [s for s in mount.split("/") if s]:
-                child = node.children.get(segment.encode())
-                if child is None:
-                    child = Resource()
-                    node.putChild(segment.encode(), child)
+                if segment.startswith(":"):  # a path param: any one segment
+                    child = node.var_child
+                    if child is None:
+                        child = node.var_child = _Node()
+                else:
+                    child = node.children.get(segment.encode())
+                    if child is None:
+                        child = _Node()
+                        node.putChild(segment.encode(), child)
                 node = child
-            factory = PhoenixServerFactory(self, socket_class, max_frame_size=self.max_frame_size)
+            factory = PhoenixServerFactory(
+                self, socket_class, max_frame_size=self.max_frame_size, mount=mount
+            )
             node.putChild(b"websocket", WebSocketResource(factory))
         return root
+
+    def site(self) -> Site:
+        """
+        A :class:`twisted.web.server.Site` serving :meth:`resource`, which
+        drops a connection that has not sent a complete HTTP request within
+        :attr:`handshake_timeout` seconds of silence (twisted.web's default
+        is 60 s).
+        """
+        return Site(self.resource(), timeout=self.handshake_timeout)
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the endpoint's background work (presence replication)."""
+        self.presence.start()
+
+    def stop(self) -> None:
+        """Stop it; the other nodes drop this node's presences at once."""
+        self.presence.stop()
 
     # -- PubSub -----------------------------------------------------------------------
 

@@ -65,6 +65,9 @@ class Adapter(Protocol):
     def broadcast(self, broadcast: Broadcast) -> None:
         """Ship ``broadcast`` to every other node, which dispatches it locally."""
 
+    def direct_broadcast(self, node: str, broadcast: Broadcast) -> bool:
+        """Ship ``broadcast`` to ``node`` only; ``False`` if it is not connected."""
+
 
 class CallbackSubscriber:
     """
@@ -150,6 +153,20 @@ class PubSub:
     ) -> None:
         """Send to the subscribers of ``topic`` on this node but ``sender``."""
         self.dispatch(_broadcast(topic, event, payload), sender)
+
+    def direct_broadcast(self, node: str, topic: str, event: str, payload: Any) -> bool:
+        """
+        Send to the subscribers of ``topic`` on the node named ``node``
+        (this one included).  Returns ``False`` when that node is not
+        connected: the message is dropped, as Phoenix drops it.
+        """
+        message = _broadcast(topic, event, payload)
+        if node == self.node_name:
+            self.dispatch(message)
+            return True
+        if self.adapter is None:
+            return False
+        return self.adapter.direct_broadcast(node, message)
 
     def dispatch(self, message: Broadcast, sender: Subscriber | None = None) -> None:
         """

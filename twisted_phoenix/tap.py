@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 from typing import Any
 
 from twisted.application import service
@@ -27,10 +28,17 @@ DEFAULT_ENDPOINT = "twisted_phoenix.examples.hello_sockets:Endpoint"
 
 
 def load_endpoint_class(spec: str) -> type[Endpoint]:
-    """Import ``package.module:Name`` and check that it is an Endpoint class."""
+    """
+    Import ``package.module:Name`` and check that it is an Endpoint class.
+
+    The current directory is importable, as with ``python -m``, so that
+    ``--endpoint myapp:Endpoint`` finds ``./myapp.py``.
+    """
     module_name, sep, attribute = spec.partition(":")
     if not sep or not module_name or not attribute:
         raise usage.UsageError(f"--endpoint takes package.module:Endpoint, not {spec!r}")
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         value: Any = importlib.import_module(module_name)
         for name in attribute.split("."):
@@ -170,6 +178,21 @@ class ListeningService(service.Service):
         return None
 
 
+class EndpointService(service.Service):
+    """Runs the endpoint's background work (presence) while the app runs."""
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+
+    def startService(self) -> None:
+        super().startService()
+        self.endpoint.start()
+
+    def stopService(self) -> Any:
+        super().stopService()
+        self.endpoint.stop()
+
+
 def makeService(options: Options) -> service.IService:
     """Build the service: the endpoint served on every ``--listen``."""
     from twisted.internet import reactor
@@ -193,6 +216,7 @@ def makeService(options: Options) -> service.IService:
             heartbeat_timeout=options["heartbeat-timeout"],
             connect=options["connect"],
         ).setServiceParent(top)
+    EndpointService(endpoint).setServiceParent(top)
     if not options["no-http"]:
         site = endpoint.site()
         site.noisy = False

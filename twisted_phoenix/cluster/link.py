@@ -197,6 +197,8 @@ class Link:
         if method == "hello":
             return self.node._hello_received(self, args[0])
         if not self.up:
+            if method in ("ping", "bye"):
+                return None  # a duplicate link on its way out
             raise ValueError("hello first")
         if method == "broadcast":
             self.node._broadcast_received(self, *args)

@@ -108,6 +108,8 @@ class Node(service.Service):
         self._listening: Any = None
         self._stopping = False
         self.started: defer.Deferred[None] = defer.Deferred()
+        #: Called with a peer's name each time a link to it comes up.
+        self.node_up_callbacks: list[Any] = []
         pubsub.adapter = self
         pubsub.node_name = name
 
@@ -295,6 +297,11 @@ class Node(service.Service):
         self._learn_address(peer, info.get("address"))
         link.start()
         log.info("Node {peer} connected to {name}", peer=peer, name=self.name)
+        for callback in list(self.node_up_callbacks):
+            try:
+                callback(peer)
+            except Exception:
+                log.failure("A node-up callback failed")
         for other in list(self.links.values()):
             if other is not link:
                 other.call("peer_up", peer, link.address).addErrback(lambda f: None)
@@ -373,9 +380,6 @@ class Node(service.Service):
 
     def direct_broadcast(self, node: str, message: Broadcast) -> bool:
         """Send ``message`` to the subscribers on ``node`` only."""
-        if node == self.name:
-            self.pubsub.dispatch(message)
-            return True
         link = self.links.get(node)
         if link is None:
             log.warn("Direct broadcast to {node} dropped: not connected", node=node)

@@ -5,11 +5,13 @@ HelloSockets, the demo application of the Real-Time Phoenix book, in Python.
 ``twistd -n phoenix`` serves it on port 4000:
 
 * ``/socket``, no authentication: ``ping`` and ``ping:*`` → :class:`PingChannel`,
-  ``wild:*`` → :class:`WildcardChannel`.
+  ``wild:*`` → :class:`WildcardChannel`, ``tracked`` → :class:`TrackedChannel`
+  (presence keyed by the connect param ``user_id``).
 * ``/auth_socket``: the ``token`` param must be a token signed with the salt
   ``"salt identifier"`` (``twisted-phoenix token USER_ID`` prints one);
   ``ping`` → :class:`PingChannel`, ``user:*`` → :class:`AuthChannel`,
-  ``recurring`` → :class:`RecurringChannel`.
+  ``recurring`` → :class:`RecurringChannel`, ``tracked`` →
+  :class:`TrackedChannel` (presence keyed by the token's user id).
 """
 
 from __future__ import annotations
@@ -109,6 +111,29 @@ class RecurringChannel(Channel):
         return super().handle_info(message)
 
 
+class TrackedChannel(Channel):
+    """
+    ``tracked``: tracks this connection's user with ``{"online_at": <unix
+    seconds>}`` and pushes ``presence_state`` after the join; phoenix.js's
+    ``Presence`` then follows the ``presence_diff`` broadcasts.
+    """
+
+    def join(self, topic: str, payload: Any) -> Any:
+        if self.assigns.get("user_id") is None:
+            return error({"reason": "user_id required"})
+        self.send("after_join")
+        return ok()
+
+    def handle_info(self, message: Any) -> None:
+        if message == "after_join":
+            presence = self.endpoint.presence
+            online_at = int(self.endpoint.reactor.seconds())
+            presence.track(self, self.assigns["user_id"], {"online_at": online_at})
+            self.push("presence_state", presence.list(self.topic))
+            return None
+        return super().handle_info(message)
+
+
 def recurring_seconds() -> float:
     """The period of :class:`RecurringChannel`: ``RECURRING_MS`` or 5 s."""
     return int(os.environ.get("RECURRING_MS", "5000")) / 1000.0
@@ -117,13 +142,30 @@ def recurring_seconds() -> float:
 class UserSocket(Socket):
     """The book's UserSocket: anyone may connect."""
 
-    channels = {"ping": PingChannel, "ping:*": PingChannel, "wild:*": WildcardChannel}
+    channels = {
+        "ping": PingChannel,
+        "ping:*": PingChannel,
+        "wild:*": WildcardChannel,
+        "tracked": TrackedChannel,
+    }
+
+    def connect(self, params: dict[str, Any], connect_info: dict[str, Any]) -> bool:
+        # The presence key of the "tracked" topic, when given.
+        user_id = params.get("user_id")
+        if isinstance(user_id, str) and user_id:
+            self.assigns["user_id"] = user_id
+        return True
 
 
 class AuthSocket(Socket):
     """The book's AuthSocket: a signed token is required."""
 
-    channels = {"ping": PingChannel, "user:*": AuthChannel, "recurring": RecurringChannel}
+    channels = {
+        "ping": PingChannel,
+        "user:*": AuthChannel,
+        "recurring": RecurringChannel,
+        "tracked": TrackedChannel,
+    }
     log = Logger()
 
     def connect(self, params: dict[str, Any], connect_info: dict[str, Any]) -> bool:
