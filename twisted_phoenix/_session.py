@@ -135,8 +135,14 @@ class Session:
                 self.send(Reply(topic, "ok", {}, message.ref, message.join_ref))
             else:
                 self.send(Reply(topic, "error", UNMATCHED_TOPIC, message.ref, None))
-        elif message.join_ref is not None and message.join_ref != server.join_ref:
-            pass  # stale join_ref: silently dropped, as Phoenix does since 1.8.3
+        elif (
+            message.join_ref is not None
+            and server.join_ref is not None
+            and message.join_ref != server.join_ref
+        ):
+            # Stale join_ref: silently dropped, as Phoenix does since 1.8.3.  A
+            # channel joined without one (V1) accepts any ("match on nil").
+            pass
         elif event == PHX_LEAVE:
             server.post_leave(message)
         else:

@@ -36,7 +36,9 @@ __all__ = [
 ]
 
 _JSON_OPTIONS = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS
-_LOWER_ESCAPE = re.compile(rb"\\u00[01][0-9a-f]")
+# A real \u00XX escape with lower-case hex: its backslash follows a run of
+# escaped backslashes (\\), not one more literal backslash.
+_LOWER_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u00[01][0-9a-f]")
 
 
 def json_dumps(value: Any) -> bytes:
@@ -46,7 +48,7 @@ def json_dumps(value: Any) -> bytes:
     data = orjson.dumps(value, option=_JSON_OPTIONS)
     if b"\\u00" in data:
         # orjson writes \u001f, Jason writes \u001F.
-        data = _LOWER_ESCAPE.sub(lambda m: m.group(0).upper().replace(b"\\U", b"\\u"), data)
+        data = _LOWER_ESCAPE.sub(lambda m: m.group(0)[:-2] + m.group(0)[-2:].upper(), data)
     return data
 
 
