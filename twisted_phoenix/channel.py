@@ -134,9 +134,9 @@ class Channel:
     def handle_info(self, message: Any) -> Stop | None | Deferred[Any]:
         """Handle a message sent to this channel by the server."""
         self._server.log.warn(
-            "{channel} received unexpected message in handle_info: {message!r}",
+            "{channel} received unexpected message in handle_info: {info!r}",
             channel=type(self).__name__,
-            message=message,
+            info=message,  # not "message": legacy log observers overwrite that key
         )
         return None
 

@@ -19,14 +19,13 @@ import base64
 import binascii
 import struct
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import txaio
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet.defer import maybeDeferred
 from twisted.internet.interfaces import ISSLTransport
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .._session import Session
@@ -37,7 +36,7 @@ from ..socket import ConnectRefused, Socket
 if TYPE_CHECKING:
     from ..endpoint import Endpoint
 
-__all__ = ["PhoenixServerFactory", "PhoenixServerProtocol", "parse_params", "ws_frame"]
+__all__ = ["PhoenixServerFactory", "PhoenixServerProtocol", "parse_params", "path_params", "ws_frame"]
 
 txaio.use_twisted()
 
@@ -87,13 +86,23 @@ def parse_params(query: str) -> dict[str, Any]:
     return params
 
 
+def path_params(mount: str, path: str) -> dict[str, str]:
+    """The values of ``mount``'s ``:name`` segments in the request ``path``."""
+    names = [s for s in mount.split("/") if s]
+    values = [unquote(s) for s in path.split("/") if s]
+    return {n[1:]: v for n, v in zip(names, values) if n.startswith(":") and len(n) > 1}
+
+
 class PhoenixServerProtocol(WebSocketServerProtocol):
     """
     One client connection: Phoenix's handshake checks, then frames to and
     from a :class:`~twisted_phoenix._session.Session`.
     """
 
-    log = Logger()
+    # A txaio logger, as Autobahn expects: it drops Autobahn's many debug
+    # lines unless txaio.set_global_log_level("debug") asks for them (a plain
+    # twisted.logger.Logger would send them all to twistd's log).
+    log = txaio.make_logger()
     factory: PhoenixServerFactory
     session: Session | None = None
     _socket: Socket | None = None
@@ -136,10 +145,12 @@ class PhoenixServerProtocol(WebSocketServerProtocol):
                 subprotocol = "phoenix"
 
         params = parse_params(connect_info["uri"]["query"])
+        # Path params (``/socket/:room``) win over query params, as in Phoenix.
+        params.update(path_params(factory.mount, connect_info["uri"]["path"]))
         try:
             self._serializer = select_serializer(params.get("vsn"), factory.serializers)
         except VersionError as e:
-            self.log.warn("{message}", message=str(e))
+            self.log.warn("{error}", error=str(e))
             raise ConnectionDeny(403, "Forbidden") from None
 
         socket = socket_class(endpoint)
@@ -151,6 +162,11 @@ class PhoenixServerProtocol(WebSocketServerProtocol):
                     self.log.error(
                         "{socket}.connect returned {value!r}; expected True or False",
                         socket=socket_class.__name__, value=accepted,
+                    )
+                else:
+                    self.log.info(
+                        "REFUSED CONNECTION TO {socket} Transport: websocket Parameters: {params}",
+                        socket=socket_class.__name__, params=_filter(params),
                     )
                 raise ConnectionDeny(403, "Forbidden")
             socket_id = socket.id()
@@ -246,8 +262,19 @@ class PhoenixServerProtocol(WebSocketServerProtocol):
         if self._idle_call is not None:
             self._idle_call.cancel()
             self._idle_call = None
+        # Autobahn leaves its closing-handshake timer pending when the TCP
+        # connection ends some other way (e.g. a second protocol error).
+        if self.closeHandshakeTimeoutCall is not None:
+            self.closeHandshakeTimeoutCall.cancel()
+            self.closeHandshakeTimeoutCall = None
         session = self.session
         if session is not None:
+            if not wasClean and not session.closed:
+                # A dead peer: no closing handshake (Autobahn logs it at debug only).
+                self.log.info(
+                    "{socket} connection lost without a closing handshake: {reason}",
+                    socket=type(session.socket).__name__, reason=reason,
+                )
             session.connection_lost()
 
     # -- Connection ------------------------------------------------------------------
@@ -288,21 +315,53 @@ class PhoenixServerFactory(WebSocketServerFactory):
 
     protocol = PhoenixServerProtocol
 
-    def __init__(self, endpoint: Endpoint, socket_class: type[Socket], *, max_frame_size: int) -> None:
+    def __init__(
+        self, endpoint: Endpoint, socket_class: type[Socket], *, max_frame_size: int, mount: str = ""
+    ) -> None:
         super().__init__(reactor=endpoint.reactor)
         self.endpoint = endpoint
         self.socket_class = socket_class
+        #: The mount path, whose ``:name`` segments become params.
+        self.mount = mount
         self.serializers = getattr(socket_class, "serializers", None) or _default_serializers()
-        # Autobahn's timers run on txaio's global loop; use ours.
-        self._batched_timer = txaio.with_config(loop=endpoint.reactor).make_batched_timer(
-            bucket_seconds=0.2, chunk_size=1000
-        )
+        # Autobahn's timers (handshake, closing, idle) on our reactor.  Not
+        # txaio's batched timer: it rounds deadlines down to whole seconds, so
+        # a 0.5 s handshake timeout could fire at once.
+        self._batched_timer = _ReactorTimer(endpoint.reactor)
         self.setProtocolOptions(
+            # Fail with a close frame (1007, 1009, 1002), not a bare TCP drop.
+            failByDrop=False,
+            # A request that is no WebSocket upgrade gets a 4xx, not
+            # Autobahn's status page (whose ?redirect= is an open redirect).
+            webStatus=False,
             maxFramePayloadSize=max_frame_size,
             maxMessagePayloadSize=max_frame_size,
             openHandshakeTimeout=endpoint.handshake_timeout,
             closeHandshakeTimeout=endpoint.close_timeout,
         )
+
+
+class _ReactorTimer:
+    """Autobahn's ``factory._batched_timer`` interface on ``reactor.callLater``."""
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+
+    def call_later(self, delay: float, func: Any, *args: Any, **kwargs: Any) -> Any:
+        return _TimerCall(self._reactor.callLater(delay, func, *args, **kwargs))
+
+
+class _TimerCall:
+    """A delayed call whose ``cancel`` is a no-op once it ran."""
+
+    __slots__ = ("_call",)
+
+    def __init__(self, call: Any) -> None:
+        self._call = call
+
+    def cancel(self) -> None:
+        if self._call.active():
+            self._call.cancel()
 
 
 def _default_serializers() -> Any:

@@ -1,0 +1,460 @@
+"""
+Tests for L{twisted_phoenix.transports.websocket}: the happy paths, over real
+loopback sockets, byte for byte where Phoenix's bytes are known.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.task import deferLater
+from twisted.logger import LogLevel
+from twisted.trial.unittest import TestCase
+
+from twisted_phoenix import Channel, Endpoint, Socket, ok
+from twisted_phoenix.examples.hello_sockets import SALT, HelloSocketsEndpoint, PingChannel
+from twisted_phoenix.token import sign
+
+from ._client import HandshakeRefused, capture_logs, connect, serve
+
+SECRET = "t" * 64
+
+JOIN_OK = {"response": {}, "status": "ok"}
+PONG = {"response": {"ping": "pong"}, "status": "ok"}
+
+
+class BinaryChannel(Channel):
+    """Phoenix's integration-test binary channel, plus a binary broadcast."""
+
+    def join(self, topic: str, payload: Any) -> Any:
+        return ok()
+
+    def handle_in(self, event: str, payload: Any) -> Any:
+        if event == "binary_event" and isinstance(payload, bytes):
+            self.push("binary_event", b"\x00\x01")
+            return ok(payload + b"\x03\x04")
+        if event == "broadcast_bytes":
+            self.broadcast("bytes", b"\xde\xad\xbe\xef")
+            return None
+        return super().handle_in(event, payload)
+
+
+class RecordingChannel(Channel):
+    """Records its terminate reason on the endpoint."""
+
+    def join(self, topic: str, payload: Any) -> Any:
+        return ok()
+
+    def terminate(self, reason: Any) -> None:
+        self.endpoint.terminated.callback((self.topic, reason))  # type: ignore[attr-defined]
+
+
+class ProbeSocket(Socket):
+    """Records what ``connect`` sees on its endpoint."""
+
+    channels = {"ping": PingChannel, "ping:*": PingChannel, "bin:*": BinaryChannel, "rec:*": RecordingChannel}
+    auth_token = True
+
+    def connect(self, params: dict[str, Any], connect_info: dict[str, Any]) -> bool:
+        self.endpoint.connects.append((params, connect_info))  # type: ignore[attr-defined]
+        return True
+
+
+class IdleSocket(Socket):
+    """Closes connections idle for 0.3 s."""
+
+    channels = {"ping": PingChannel}
+    timeout = 0.3
+
+
+class SlowIdleSocket(Socket):
+    """Closes connections idle for 1 s."""
+
+    channels = {"ping": PingChannel}
+    timeout = 1.0
+
+
+class ProbeEndpoint(Endpoint):
+    sockets = {
+        "/socket": ProbeSocket,
+        "/rooms/:room": ProbeSocket,
+        "/idle": IdleSocket,
+        "/slow_idle": SlowIdleSocket,
+    }
+    check_origin = ["//allowed.example"]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.connects: list[tuple[dict[str, Any], dict[str, Any]]] = []
+        self.terminated: Deferred[tuple[str, Any]] = Deferred()
+
+
+class _Served:
+    """Serves a L{ProbeEndpoint} and a L{HelloSocketsEndpoint} per test."""
+
+    def setUp(self) -> None:
+        self.logs = capture_logs(self)  # type: ignore[arg-type]
+        self.endpoint = ProbeEndpoint(reactor, secret_key_base=SECRET)
+        self.port = serve(self, self.endpoint).port  # type: ignore[arg-type]
+
+    def connect(self, **kwargs: Any) -> Any:
+        return connect(reactor, kwargs.pop("port", self.port), test=self, **kwargs)  # type: ignore[arg-type]
+
+
+class WireFormatTests(_Served, TestCase):
+    """
+    The frames on the wire, byte for byte, for both serializers.
+    """
+
+    @inlineCallbacks
+    def test_wscatTranscript(self) -> None:
+        """The published wscat ping transcript is reproduced byte for byte."""
+        client = yield self.connect()
+        client.send_text('["1","1","ping","phx_join",{}]')
+        frame = yield client.next_frame()
+        self.assertEqual(frame, (b'["1","1","ping","phx_reply",{"response":{},"status":"ok"}]', False))
+        client.send_text('["1","2","ping","ping",{}]')
+        frame = yield client.next_frame()
+        self.assertEqual(
+            frame, (b'["1","2","ping","phx_reply",{"response":{"ping":"pong"},"status":"ok"}]', False)
+        )
+
+    @inlineCallbacks
+    def test_heartbeat(self) -> None:
+        """A heartbeat is answered with a null join_ref, whatever the client sent."""
+        client = yield self.connect()
+        client.send_text('[null,"6","phoenix","heartbeat",{}]')
+        frame = yield client.next_frame()
+        self.assertEqual(frame, (b'[null,"6","phoenix","phx_reply",{"response":{},"status":"ok"}]', False))
+        client.send_text('["9","7","phoenix","heartbeat",{"ignored":true}]')
+        frame = yield client.next_frame()
+        self.assertEqual(frame, (b'[null,"7","phoenix","phx_reply",{"response":{},"status":"ok"}]', False))
+
+    @inlineCallbacks
+    def test_refsEchoedWithTheirType(self) -> None:
+        """Numeric refs come back as numbers, not strings."""
+        client = yield self.connect()
+        client.send_text('[1,2,"ping","phx_join",{}]')
+        frame = yield client.next_frame()
+        self.assertEqual(frame, (b'[1,2,"ping","phx_reply",{"response":{},"status":"ok"}]', False))
+
+    @inlineCallbacks
+    def _v1(self, query: str | None) -> Any:
+        client = yield self.connect(query=query)
+        client.send_text('{"topic":"ping","event":"phx_join","payload":{},"ref":"1"}')
+        frame = yield client.next_frame()
+        self.assertEqual(
+            frame,
+            (b'{"event":"phx_reply","payload":{"response":{},"status":"ok"},"ref":"1","topic":"ping"}', False),
+        )
+        client.send_text('{"topic":"ping","event":"ping","payload":{},"ref":"2","join_ref":"1"}')
+        frame = yield client.next_frame()
+        self.assertEqual(
+            frame,
+            (
+                b'{"event":"phx_reply","payload":{"response":{"ping":"pong"},"status":"ok"},'
+                b'"ref":"2","topic":"ping"}',
+                False,
+            ),
+        )
+        self.assertEqual(self.endpoint.connects[-1][0].get("vsn"), None if query is None else "1.0.0")
+
+    def test_v1WithoutVsn(self) -> None:
+        """A client that sends no vsn speaks V1: JSON objects, no join_ref."""
+        return self._v1(None)
+
+    def test_v1Explicit(self) -> None:
+        """vsn=1.0.0 selects V1 objects."""
+        return self._v1("vsn=1.0.0")
+
+    @inlineCallbacks
+    def test_patchVersionAccepted(self) -> None:
+        """vsn=2.0.7 matches ~> 2.0.0 and speaks V2."""
+        client = yield self.connect(query="vsn=2.0.7")
+        reply = yield client.request(["1", "1", "ping", "phx_join", {}])
+        self.assertEqual(reply, ["1", "1", "ping", "phx_reply", JOIN_OK])
+
+    @inlineCallbacks
+    def test_binaryPushGetsBinaryReply(self) -> None:
+        """
+        A binary push (kind 0) is answered with a binary push (kind 0, no ref)
+        and a binary reply (kind 1), laid out as in section 2.2.
+        """
+        client = yield self.connect()
+        reply = yield client.request(["11", "11", "bin:lobby", "phx_join", {}])
+        self.assertEqual(reply, ["11", "11", "bin:lobby", "phx_reply", JOIN_OK])
+        client.send_binary(
+            b"\x00\x02\x01\x09\x0c" + b"11" + b"2" + b"bin:lobby" + b"binary_event" + b"\x01\x02"
+        )
+        push = yield client.next_frame()
+        self.assertEqual(push, (b"\x00\x02\x09\x0c" + b"11" + b"bin:lobby" + b"binary_event" + b"\x00\x01", True))
+        reply = yield client.next_frame()
+        self.assertEqual(
+            reply, (b"\x01\x02\x01\x09\x02" + b"11" + b"2" + b"bin:lobby" + b"ok" + b"\x01\x02\x03\x04", True)
+        )
+
+    @inlineCallbacks
+    def test_binaryBroadcast(self) -> None:
+        """A bytes broadcast reaches every subscriber as the same kind-2 frame."""
+        first = yield self.connect()
+        second = yield self.connect()
+        for client in (first, second):
+            reply = yield client.request(["1", "1", "bin:room", "phx_join", {}])
+            self.assertEqual(reply[4], JOIN_OK)
+        first.send_json(["1", "2", "bin:room", "broadcast_bytes", {}])
+        expected = (b"\x02\x08\x05" + b"bin:room" + b"bytes" + b"\xde\xad\xbe\xef", True)
+        self.assertEqual((yield first.next_frame()), expected)
+        self.assertEqual((yield second.next_frame()), expected)
+
+
+class BroadcastTests(_Served, TestCase):
+    """
+    Broadcasts over real connections.
+    """
+
+    @inlineCallbacks
+    def test_channelBroadcastReachesEveryone(self) -> None:
+        """A channel's broadcast reaches both subscribers, sender included, with identical bytes."""
+        first = yield self.connect()
+        second = yield self.connect()
+        yield first.join_and_ping("ping", "1")
+        yield second.join_and_ping("ping", "5")
+        first.send_text('["1","2","ping","broadcast",{"b":2,"a":1}]')
+        expected = (b'[null,null,"ping","broadcast",{"a":1,"b":2}]', False)
+        self.assertEqual((yield first.next_frame()), expected)
+        self.assertEqual((yield second.next_frame()), expected)
+
+    @inlineCallbacks
+    def test_endpointBroadcast(self) -> None:
+        """Endpoint.broadcast from server code reaches a joined client."""
+        client = yield self.connect()
+        yield client.join_and_ping("ping:news", "3")
+        self.endpoint.broadcast("ping:news", "headline", {"n": 1})
+        self.assertEqual((yield client.next_frame()), (b'[null,null,"ping:news","headline",{"n":1}]', False))
+
+    @inlineCallbacks
+    def test_interceptedBroadcast(self) -> None:
+        """An intercepted event goes through handle_out and arrives as a push with the join_ref."""
+        client = yield self.connect()
+        yield client.join_and_ping("ping", "4")
+        self.endpoint.broadcast("ping", "request_ping", {"x": 1})
+        push = yield client.next_json()
+        self.assertEqual(push, ["4", None, "ping", "send_ping", {"from_node": "nonode@nohost", "x": 1}])
+
+    @inlineCallbacks
+    def test_noBroadcastAfterLeave(self) -> None:
+        """After phx_leave the client gets reply then phx_close, and no more broadcasts."""
+        client = yield self.connect()
+        yield client.join_and_ping("ping", "1")
+        reply = yield client.request(["1", "2", "ping", "phx_leave", {}])
+        self.assertEqual(reply, ["1", "2", "ping", "phx_reply", JOIN_OK])
+        self.assertEqual((yield client.next_json()), ["1", "1", "ping", "phx_close", {}])
+        self.endpoint.broadcast("ping", "late", {})
+        reply = yield client.request([None, "3", "phoenix", "heartbeat", {}])
+        self.assertEqual(reply, [None, "3", "phoenix", "phx_reply", JOIN_OK])
+
+
+class ClosingTests(_Served, TestCase):
+    """
+    A client that closes cleanly.
+    """
+
+    @inlineCallbacks
+    def test_clientClose(self) -> None:
+        """A client's close is echoed, and its channels terminate with ("shutdown", "closed")."""
+        client = yield self.connect()
+        reply = yield client.request(["1", "1", "rec:a", "phx_join", {}])
+        self.assertEqual(reply, ["1", "1", "rec:a", "phx_reply", JOIN_OK])
+        client.close(1000)
+        was_clean, code, _ = yield client.closed
+        self.assertEqual((was_clean, code), (True, 1000))
+        topic, reason = yield self.endpoint.terminated.addTimeout(5, reactor)
+        self.assertEqual((topic, reason), ("rec:a", ("shutdown", "closed")))
+        other = yield self.connect()
+        yield other.join_and_ping("ping", "1")
+        self.assertEqual(self.endpoint.pubsub.subscribers("rec:a"), ())
+        self.assertFalse(self.logs.find("connection lost without a closing handshake"))
+
+
+class ConnectInfoTests(_Served, TestCase):
+    """
+    What a socket's ``connect`` receives.
+    """
+
+    @inlineCallbacks
+    def test_connectInfo(self) -> None:
+        """peer_data, uri, x_headers and user_agent describe the real request."""
+        client = yield self.connect(headers={"X-Application": "Phoenix"}, useragent="foo/1.0")
+        params, info = self.endpoint.connects[-1]
+        self.assertEqual(params, {"vsn": "2.0.0"})
+        local = client.protocol.transport.getHost()
+        self.assertEqual(info["peer_data"], {"address": "127.0.0.1", "port": local.port})
+        self.assertEqual(
+            info["uri"],
+            {"scheme": "http", "host": "127.0.0.1", "port": self.port, "path": "/socket/websocket", "query": "vsn=2.0.0"},
+        )
+        self.assertIn(("x-application", "Phoenix"), info["x_headers"])
+        self.assertEqual(info["user_agent"], "foo/1.0")
+        self.assertIn("sec-websocket-key", info["sec_websocket_headers"])
+        self.assertNotIn("auth_token", info)
+        self.assertTrue(self.logs.find("CONNECTED TO ProbeSocket", LogLevel.info))
+
+    @inlineCallbacks
+    def test_queryParams(self) -> None:
+        """Query params arrive as strings, nested for a[b]=c, vsn included."""
+        yield self.connect(query="token=abc&nested%5Ba%5D=1&a[b]=1&a[c]=2&vsn=2.0.0")
+        params, _ = self.endpoint.connects[-1]
+        self.assertEqual(
+            params, {"token": "abc", "nested": {"a": "1"}, "a": {"b": "1", "c": "2"}, "vsn": "2.0.0"}
+        )
+
+    @inlineCallbacks
+    def test_pathParams(self) -> None:
+        """A :room segment of the mount path arrives in params and wins over the query."""
+        client = yield self.connect(path="/rooms/lob%20by/websocket", query="room=other&x=1&vsn=2.0.0")
+        params, info = self.endpoint.connects[-1]
+        self.assertEqual(params, {"room": "lob by", "x": "1", "vsn": "2.0.0"})
+        self.assertEqual(info["uri"]["path"], "/rooms/lob%20by/websocket")
+        yield client.join_and_ping("ping", "1")
+
+    @inlineCallbacks
+    def test_authTokenSubprotocol(self) -> None:
+        """
+        phoenix.js's authToken subprotocol reaches connect_info["auth_token"]
+        and the server selects "phoenix".
+        """
+        encoded = base64.b64encode(b"tok+/=").decode().rstrip("=")
+        self.assertEqual(encoded, "dG9rKy89")
+        client = yield self.connect(protocols=["phoenix", "base64url.bearer.phx." + encoded])
+        self.assertEqual(client.subprotocol, "phoenix")
+        _, info = self.endpoint.connects[-1]
+        self.assertEqual(info["auth_token"], "tok+/=")
+        yield client.join_and_ping("ping", "1")
+
+
+class OriginTests(_Served, TestCase):
+    """
+    check_origin over real handshakes.
+    """
+
+    @inlineCallbacks
+    def test_allowedOrigin(self) -> None:
+        """An origin in the allowed list connects."""
+        client = yield self.connect(origin="https://allowed.example")
+        yield client.join_and_ping("ping", "1")
+
+    @inlineCallbacks
+    def test_refusedOrigin(self) -> None:
+        """Another origin gets HTTP 403 and an error log; connect never runs."""
+        failure = yield self.assertFailure(self.connect(origin="http://evil.example"), HandshakeRefused)
+        self.assertEqual(failure.status, 403)
+        self.assertEqual(self.endpoint.connects, [])
+        self.assertTrue(self.logs.find("Could not check origin", LogLevel.error))
+
+    @inlineCallbacks
+    def test_noOrigin(self) -> None:
+        """A request without Origin (wscat, Node) is not checked."""
+        client = yield self.connect()
+        yield client.join_and_ping("ping", "1")
+
+
+class AuthSocketTests(TestCase):
+    """
+    The demo's /auth_socket, which needs a token signed with "salt identifier".
+    """
+
+    def setUp(self) -> None:
+        self.logs = capture_logs(self)
+        self.endpoint = HelloSocketsEndpoint(reactor, secret_key_base=SECRET)
+        self.port = serve(self, self.endpoint).port
+
+    def connect(self, token: str | None) -> Any:
+        query = "vsn=2.0.0" if token is None else f"token={token}&vsn=2.0.0"
+        return connect(reactor, self.port, path="/auth_socket/websocket", query=query, test=self)
+
+    @inlineCallbacks
+    def test_validToken(self) -> None:
+        """A valid token connects, and its user may join their own user topic."""
+        client = yield self.connect(sign(SECRET, SALT, 42))
+        reply = yield client.request(["1", "1", "user:42", "phx_join", {}])
+        self.assertEqual(reply, ["1", "1", "user:42", "phx_reply", JOIN_OK])
+        reply = yield client.request(["2", "2", "user:7", "phx_join", {}])
+        self.assertEqual(reply, ["2", "2", "user:7", "phx_reply", {"response": {"reason": "unauthorized"}, "status": "error"}])
+
+    @inlineCallbacks
+    def _refused(self, token: str | None, logged: str) -> Any:
+        failure = yield self.assertFailure(self.connect(token), HandshakeRefused)
+        self.assertEqual(failure.status, 403)
+        self.assertTrue(self.logs.find(logged), self.logs.messages())
+
+    def test_missingToken(self) -> None:
+        """No token: 403, and the refusal is logged."""
+        return self._refused(None, "REFUSED CONNECTION TO AuthSocket")
+
+    def test_badToken(self) -> None:
+        """A garbled token: 403."""
+        return self._refused("SFMyNTY.garbage.garbage", "token invalid")
+
+    def test_expiredToken(self) -> None:
+        """A token signed two days ago: 403."""
+        token = sign(SECRET, SALT, 42, signed_at=reactor.seconds() - 2 * 86400)
+        return self._refused(token, "token expired")
+
+    @inlineCallbacks
+    def test_disconnectBroadcast(self) -> None:
+        """"disconnect" on auth_socket:42 closes user 42 with 1001; user 7 stays connected."""
+        user42 = yield self.connect(sign(SECRET, SALT, 42))
+        user7 = yield self.connect(sign(SECRET, SALT, 7))
+        yield user42.join_and_ping("ping", "1")
+        yield user7.join_and_ping("ping", "1")
+        self.endpoint.broadcast("auth_socket:42", "disconnect", {})
+        was_clean, code, _ = yield user42.closed
+        self.assertEqual((was_clean, code), (True, 1001))
+        self.assertEqual(user42.pending_frames, 0)
+        reply = yield user7.request(["1", "2", "ping", "ping", {}])
+        self.assertEqual(reply, ["1", "2", "ping", "phx_reply", PONG])
+
+    @inlineCallbacks
+    def test_otherEventsOnSocketIdIgnored(self) -> None:
+        """Broadcasts other than "disconnect" on the socket id do nothing."""
+        client = yield self.connect(sign(SECRET, SALT, 42))
+        self.endpoint.broadcast("auth_socket:42", "hello", {})
+        yield client.join_and_ping("ping", "1")
+        self.assertTrue(client.is_open)
+
+
+class IdleTimeoutTests(_Served, TestCase):
+    """
+    Socket.timeout: a connection without inbound data is closed with 1000.
+    """
+
+    @inlineCallbacks
+    def test_idleClientClosed(self) -> None:
+        """A client silent for timeout (0.3 s) is closed with 1000, not earlier."""
+        start = reactor.seconds()
+        client = yield self.connect(path="/idle/websocket")
+        was_clean, code, _ = yield client.wait_closed(timeout=5)
+        self.assertEqual((was_clean, code), (True, 1000))
+        self.assertGreaterEqual(reactor.seconds() - start, 0.3)
+        self.assertTrue(self.logs.find("Closing an idle connection"))
+
+    @inlineCallbacks
+    def test_inboundDataResetsTimer(self) -> None:
+        """
+        A heartbeat before the timeout (1 s) postpones the close: it comes at
+        least a full timeout after the last inbound frame.
+        """
+        start = reactor.seconds()
+        client = yield self.connect(path="/slow_idle/websocket")
+        yield deferLater(reactor, 0.4, lambda: None)
+        last = reactor.seconds()
+        reply = yield client.request([None, "1", "phoenix", "heartbeat", {}])
+        self.assertEqual(reply, [None, "1", "phoenix", "phx_reply", JOIN_OK])
+        was_clean, code, _ = yield client.wait_closed(timeout=5)
+        now = reactor.seconds()
+        self.assertEqual((was_clean, code), (True, 1000))
+        self.assertGreaterEqual(now - last, 1.0)
+        self.assertGreaterEqual(now - start, 1.4)
