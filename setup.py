@@ -1,9 +1,10 @@
 """Packaging for twisted_phoenix."""
 
+from pathlib import Path
+
 from setuptools import find_packages, setup
 
-with open("README.rst", encoding="utf-8") as f:
-    long_description = f.read()
+long_description = (Path(__file__).resolve().parent / "README.rst").read_text(encoding="utf-8")
 
 setup(
     name="twisted_phoenix",
@@ -13,20 +14,31 @@ setup(
     long_description_content_type="text/x-rst",
     license="MIT",
     python_requires=">=3.10",
-    # The twistd plugin lives in twistd_plugins/ and installs into Twisted's
-    # own twisted/plugins namespace; twistd_plugins has no __init__.py on
-    # purpose (one would hide every other Twisted plugin).
+    # The twistd plugin lives in twistd_plugins/ and installs as
+    # twisted/plugins/phoenix.py, next to Twisted's own plugins.
+    # twistd_plugins has no __init__.py on purpose: installed as
+    # twisted/plugins/__init__.py it would replace Twisted's and hide every
+    # other plugin.  tests/test_packaging.py checks a real install.
     packages=find_packages(include=["twisted_phoenix", "twisted_phoenix.*"]) + ["twisted.plugins"],
     package_dir={"twisted.plugins": "twistd_plugins"},
-    package_data={"twisted.plugins": ["phoenix.py"]},
     install_requires=[
         "twisted[tls]>=23.10",
         "autobahn>=23.1",
+        "txaio>=23.1",
         "pyopenssl>=23.0",
         "orjson>=3.8",
     ],
     extras_require={
-        "test": ["pytest", "pytest-twisted", "hypothesis"],
+        "test": [
+            "pytest",
+            "pytest-twisted",
+            "hypothesis",
+            # tests/test_packaging.py builds a wheel without build isolation.
+            "setuptools>=64",
+            "wheel",
+            # tests/test_docs.py builds the documentation.
+            "sphinx",
+        ],
         "docs": ["sphinx"],
     },
     entry_points={"console_scripts": ["twisted-phoenix = twisted_phoenix.cli:main"]},

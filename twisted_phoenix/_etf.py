@@ -17,15 +17,15 @@ binaries, tuples, lists and maps.  The mapping between Python and Erlang is::
     list                        list (108, or 107 for short lists of bytes)
     dict                        map (116)
 
-Decoding is lossy in two documented ways: a binary decodes to L{str} when it
-is valid UTF-8 and to L{bytes} otherwise, and a string (107) decodes to a
+Decoding is lossy in two documented ways: a binary decodes to :class:`str` when it
+is valid UTF-8 and to :class:`bytes` otherwise, and a string (107) decodes to a
 list of ints, just as it is a list in Erlang.
 
 The decoder is meant for untrusted input.  It refuses executable terms (funs
 and exports), pids, ports, references, bit strings, improper lists and
 compressed terms; it checks every declared length against the bytes that are
-actually left before using it; it limits nesting to L{MAX_DEPTH}; and it
-raises L{ETFError} (a L{ValueError}) for every malformed input.
+actually left before using it; it limits nesting to :data:`MAX_DEPTH`; and it
+raises :class:`ETFError` (a :class:`ValueError`) for every malformed input.
 """
 
 from __future__ import annotations
@@ -88,9 +88,9 @@ class Atom(str):
     """
     An Erlang atom.
 
-    Atoms are never equal to plain strings, just as C{:name} is not
-    C{"name"} in Elixir, so a map can hold both as keys.  C{true}, C{false}
-    and C{nil} are represented by L{True}, L{False} and L{None} instead.
+    Atoms are never equal to plain strings, just as ``:name`` is not
+    ``"name"`` in Elixir, so a map can hold both as keys.  ``true``, ``false``
+    and ``nil`` are represented by ``True``, ``False`` and ``None`` instead.
     """
 
     __slots__ = ()
@@ -113,13 +113,13 @@ _SPECIAL_ATOMS = {"true": True, "false": False, "nil": None}
 
 def term_to_binary(value: Any) -> bytes:
     """
-    Encode C{value} as C{:erlang.term_to_binary/1} would.
+    Encode ``value`` as ``:erlang.term_to_binary/1`` would.
 
     Small maps are written with their keys in Erlang term order, so the
     output matches the BEAM's byte for byte for the types above.
 
-    @raise TypeError: for a value of a type that has no Erlang equivalent.
-    @raise ETFError: for a value Erlang cannot represent, such as a NaN, a
+    :raises TypeError: for a value of a type that has no Erlang equivalent.
+    :raises ETFError: for a value Erlang cannot represent, such as a NaN, a
         string with lone surrogates or an atom longer than 255 characters.
     """
     out = bytearray([VERSION])
@@ -249,15 +249,15 @@ def _termOrder(value: Any) -> tuple[Any, ...]:
 
 def binary_to_term(data: bytes) -> Any:
     """
-    Decode a term written by C{:erlang.term_to_binary/1}, refusing anything
+    Decode a term written by ``:erlang.term_to_binary/1``, refusing anything
     unsafe.
 
-    Binaries decode to L{str} if they are valid UTF-8 and to L{bytes}
-    otherwise; C{true}, C{false} and C{nil} decode to L{True}, L{False} and
-    L{None}; other atoms decode to L{Atom}.
+    Binaries decode to :class:`str` if they are valid UTF-8 and to :class:`bytes`
+    otherwise; ``true``, ``false`` and ``nil`` decode to ``True``, ``False`` and
+    ``None``; other atoms decode to :class:`Atom`.
 
-    @raise ETFError: if C{data} is malformed, truncated, followed by trailing
-        bytes, nested deeper than L{MAX_DEPTH}, or holds a term this module
+    :raises ETFError: if ``data`` is malformed, truncated, followed by trailing
+        bytes, nested deeper than :data:`MAX_DEPTH`, or holds a term this module
         refuses, or a map key that is unhashable or duplicated in Python.
     """
     if not isinstance(data, (bytes, bytearray, memoryview)):
@@ -290,7 +290,7 @@ class _Decoder:
 
     def count(self, fmt: str, minSize: int) -> int:
         """
-        Read a count of items that each take at least C{minSize} bytes, and
+        Read a count of items that each take at least ``minSize`` bytes, and
         check that many could fit in what is left.
         """
         n = self.unpack(fmt)

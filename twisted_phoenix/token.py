@@ -1,10 +1,10 @@
 # -*- test-case-name: tests.test_token -*-
 """
-Signed tokens, byte-compatible with Elixir's C{Phoenix.Token}.
+Signed tokens, byte-compatible with Elixir's ``Phoenix.Token``.
 
-A token made here verifies with C{Phoenix.Token.verify/4} and vice versa,
-given the same C{secret_key_base} and salt.  The format is that of
-C{Plug.Crypto.sign/4} and C{Plug.Crypto.MessageVerifier}::
+A token made here verifies with ``Phoenix.Token.verify/4`` and vice versa,
+given the same ``secret_key_base`` and salt.  The format is that of
+``Plug.Crypto.sign/4`` and ``Plug.Crypto.MessageVerifier``::
 
     key     = PBKDF2-HMAC-SHA256(secret_key_base, salt, 1000 rounds, 32 bytes)
     message = term_to_binary({data, signed_at_ms, max_age_seconds})
@@ -13,8 +13,8 @@ C{Plug.Crypto.sign/4} and C{Plug.Crypto.MessageVerifier}::
 where the MAC covers everything before the last dot.  Tokens are signed, not
 encrypted: anyone holding one can read its data.
 
-Time comes from C{clock.seconds()} when a clock (such as the reactor, or a
-L{twisted.internet.task.Clock} in tests) is given, and from L{time.time}
+Time comes from ``clock.seconds()`` when a clock (such as the reactor, or a
+:class:`twisted.internet.task.Clock` in tests) is given, and from :func:`time.time`
 otherwise.  Library code should always pass a clock.
 """
 
@@ -70,14 +70,14 @@ class _Clock(Protocol):
 @dataclass(frozen=True)
 class VerifyResult:
     """
-    The outcome of L{verify}: Elixir's C{{:ok, data}} or C{{:error, reason}}.
+    The outcome of :func:`verify`: Elixir's ``{:ok, data}`` or ``{:error, reason}``.
 
-    It is true only when C{ok} is, so C{if result:} is safe.
+    It is true only when ``ok`` is, so ``if result:`` is safe.
 
-    @ivar ok: Whether the token is authentic and fresh.
-    @ivar data: The signed data when C{ok}, else L{None}.
-    @ivar error: L{None} when C{ok}, else L{EXPIRED}, L{INVALID} or
-        L{MISSING}.
+    :ivar ok: Whether the token is authentic and fresh.
+    :ivar data: The signed data when ``ok``, else ``None``.
+    :ivar error: ``None`` when ``ok``, else :data:`EXPIRED`, :data:`INVALID` or
+        :data:`MISSING`.
     """
 
     ok: bool
@@ -110,7 +110,7 @@ def derive_key(
     digest: str = "sha256",
 ) -> bytes:
     """
-    Derive a signing key as C{Plug.Crypto.KeyGenerator} does.
+    Derive a signing key as ``Plug.Crypto.KeyGenerator`` does.
 
     PBKDF2 is deliberately slow, so results are cached per argument tuple.
     """
@@ -133,9 +133,9 @@ def _b64decode(text: str) -> bytes | None:
 
 def sign_message(message: bytes, key: bytes, digest: str = "sha256") -> str:
     """
-    Sign raw bytes as C{Plug.Crypto.MessageVerifier.sign/3} does.
+    Sign raw bytes as ``Plug.Crypto.MessageVerifier.sign/3`` does.
 
-    @param digest: C{"sha256"}, C{"sha384"} or C{"sha512"}.
+    :param digest: ``"sha256"``, ``"sha384"`` or ``"sha512"``.
     """
     signed = _HEADERS[digest] + "." + _b64encode(message)
     mac = hmac.new(key, signed.encode("ascii"), digest).digest()
@@ -144,8 +144,8 @@ def sign_message(message: bytes, key: bytes, digest: str = "sha256") -> str:
 
 def verify_message(token: str, key: bytes) -> bytes | None:
     """
-    Check a token made by L{sign_message} (with any digest) and return its
-    message, or L{None} if it is malformed or its MAC does not match.
+    Check a token made by :func:`sign_message` (with any digest) and return its
+    message, or ``None`` if it is malformed or its MAC does not match.
     """
     parts = token.split(".", 2)
     if len(parts) != 3:
@@ -174,14 +174,14 @@ def _checkMaxAge(max_age: object) -> int | float:
 
 class Token:
     """
-    Signs and verifies tokens with one C{secret_key_base}.
+    Signs and verifies tokens with one ``secret_key_base``.
 
-    @param secret_key_base: The application secret, shared with any Phoenix
+    :param secret_key_base: The application secret, shared with any Phoenix
         nodes that must accept these tokens.
-    @param clock: The default time source for L{sign} and L{verify}.
-    @param key_iterations: C{:key_iterations}, as in C{Plug.Crypto}.
-    @param key_length: C{:key_length}, as in C{Plug.Crypto}.
-    @param key_digest: C{:key_digest}, as in C{Plug.Crypto}.
+    :param clock: The default time source for :meth:`sign` and :meth:`verify`.
+    :param key_iterations: ``:key_iterations``, as in ``Plug.Crypto``.
+    :param key_length: ``:key_length``, as in ``Plug.Crypto``.
+    :param key_digest: ``:key_digest``, as in ``Plug.Crypto``.
     """
 
     def __init__(
@@ -215,14 +215,14 @@ class Token:
         clock: _Clock | None = None,
     ) -> str:
         """
-        Sign C{data}, which may be anything L{term_to_binary} encodes.
+        Sign ``data``, which may be anything :func:`term_to_binary` encodes.
 
-        @param max_age: Seconds the token stays valid, stored in the token
-            and used by L{verify} unless it is given its own.  L{None} means
-            the default (86400); C{math.inf} means the token never expires.
-        @param signed_at: The signing time in seconds since the epoch; by
+        :param max_age: Seconds the token stays valid, stored in the token
+            and used by :meth:`verify` unless it is given its own.  ``None`` means
+            the default (86400); ``math.inf`` means the token never expires.
+        :param signed_at: The signing time in seconds since the epoch; by
             default, now.
-        @param clock: The time source (anything with a C{seconds()} method),
+        :param clock: The time source (anything with a ``seconds()`` method),
             overriding the one given to the constructor.
         """
         if max_age is None:
@@ -248,16 +248,16 @@ class Token:
         clock: _Clock | None = None,
     ) -> VerifyResult:
         """
-        Check C{token} and return its data if it is authentic and fresh.
+        Check ``token`` and return its data if it is authentic and fresh.
 
-        A malformed or forged token is L{INVALID}, as is one signed in the
-        future; an old one is L{EXPIRED}; L{None} is L{MISSING}.
+        A malformed or forged token is :data:`INVALID`, as is one signed in the
+        future; an old one is :data:`EXPIRED`; ``None`` is :data:`MISSING`.
 
-        @param max_age: Seconds the token may be old, overriding the age
-            stored in it; C{math.inf} disables the check.  L{None} uses the
+        :param max_age: Seconds the token may be old, overriding the age
+            stored in it; ``math.inf`` disables the check.  ``None`` uses the
             stored age.
-        @param clock: The time source, overriding the constructor's.
-        @raise TypeError: if C{token} is neither L{str} nor L{None}.
+        :param clock: The time source, overriding the constructor's.
+        :raises TypeError: if ``token`` is neither :class:`str` nor ``None``.
         """
         if token is None:
             return _RESULT_MISSING
@@ -315,7 +315,7 @@ def sign(
     clock: _Clock | None = None,
 ) -> str:
     """
-    Sign C{data} like C{Phoenix.Token.sign/4}; see L{Token.sign}.
+    Sign ``data`` like ``Phoenix.Token.sign/4``; see :meth:`Token.sign`.
     """
     return Token(secret_key_base).sign(
         salt, data, max_age=max_age, signed_at=signed_at, clock=clock
@@ -331,15 +331,15 @@ def verify(
     clock: _Clock | None = None,
 ) -> VerifyResult:
     """
-    Verify a token like C{Phoenix.Token.verify/4}; see L{Token.verify}.
+    Verify a token like ``Phoenix.Token.verify/4``; see :meth:`Token.verify`.
     """
     return Token(secret_key_base).verify(salt, token, max_age=max_age, clock=clock)
 
 
 def generate_secret(length: int = 64) -> str:
     """
-    Return a random secret suitable as a C{secret_key_base}, as
-    C{mix phx.gen.secret} makes them.
+    Return a random secret suitable as a ``secret_key_base``, as
+    ``mix phx.gen.secret`` makes them.
     """
     if length < 32:
         raise ValueError("secrets shorter than 32 characters are too weak")

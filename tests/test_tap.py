@@ -1,0 +1,394 @@
+"""
+Tests for :mod:`twisted_phoenix.tap`, the ``twistd phoenix`` plugin.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+from twisted.application.service import IService, IServiceMaker, MultiService
+from twisted.internet import defer
+from twisted.internet.error import CannotListenError
+from twisted.internet.testing import MemoryReactor
+from twisted.logger import Logger, globalLogPublisher
+from twisted.protocols.policies import WrappingFactory
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.server import Site
+
+from twisted_phoenix import Endpoint
+from twisted_phoenix.cli import main as cli_main
+from twisted_phoenix.config import DEV_SECRET_KEY_BASE
+from twisted_phoenix.examples.hello_sockets import HelloSocketsEndpoint
+from twisted_phoenix.tap import ListeningService, Options, load_endpoint_class, makeService
+
+from ._client import HandshakeRefused, connect
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SECRET = "x" * 64
+
+#: Variables that change what Options resolve.
+ENVIRONMENT = ("PORT", "SECRET_KEY_BASE", "PHOENIX_ENV")
+
+
+class CustomEndpoint(Endpoint):
+    """An app for the --endpoint tests."""
+
+
+class Namespace:
+    """Holds an endpoint class one attribute deeper."""
+
+    Inner = CustomEndpoint
+
+
+def isolate_environment(test: SynchronousTestCase, **values: str) -> None:
+    """Run ``test`` with none of :data:`ENVIRONMENT` set except ``values``."""
+    patcher = mock.patch.dict(os.environ)
+    patcher.start()
+    test.addCleanup(patcher.stop)
+    for name in ENVIRONMENT:
+        os.environ.pop(name, None)
+    os.environ.update(values)
+
+
+def parse(*argv: str) -> Options:
+    """Parse ``argv`` as ``twistd phoenix`` options."""
+    options = Options()
+    options.parseOptions(list(argv))
+    return options
+
+
+def listeners(top: MultiService) -> list[ListeningService]:
+    """The ListeningServices among the services makeService made."""
+    return [child for child in top if isinstance(child, ListeningService)]
+
+
+class OptionsTests(SynchronousTestCase):
+    """
+    ``twistd phoenix`` option parsing.
+    """
+
+    def setUp(self) -> None:
+        isolate_environment(self)
+        self.patch(sys, "path", sys.path[:])
+
+    def test_defaults(self) -> None:
+        """With nothing given, the demo is served on port 4000 in dev with the dev secret."""
+        options = parse()
+        self.assertEqual(options["listen"], ["tcp:4000"])
+        self.assertIs(options["endpoint_class"], HelloSocketsEndpoint)
+        self.assertEqual(options["env"], "dev")
+        self.assertEqual(options["secret"], DEV_SECRET_KEY_BASE)
+        self.assertEqual(options["name"], "nonode@nohost")
+
+    def test_port_environment(self) -> None:
+        """``PORT`` sets the port when ``--port`` is not given."""
+        os.environ["PORT"] = "5001"
+        self.assertEqual(parse()["listen"], ["tcp:5001"])
+
+    def test_port_option_wins(self) -> None:
+        """``--port`` overrides ``PORT``."""
+        os.environ["PORT"] = "5001"
+        self.assertEqual(parse("--port", "5002")["listen"], ["tcp:5002"])
+        self.assertEqual(parse("-p", "5003")["listen"], ["tcp:5003"])
+
+    def test_bad_port(self) -> None:
+        """A port that is not a number from 0 to 65535 is a usage error."""
+        for bad in ("http", "-1", "65536", "4000x", "٤٠٠٠"):
+            self.assertRaises(usage.UsageError, parse, "--port", bad)
+        os.environ["PORT"] = "abc"
+        self.assertRaises(usage.UsageError, parse)
+
+    def test_listen_repeatable(self) -> None:
+        """``--listen`` may be given several times, and then ``--port`` and ``PORT`` are ignored."""
+        os.environ["PORT"] = "5001"
+        options = parse(
+            "--port", "5002",
+            "--listen", "tcp:4000:interface=127.0.0.1",
+            "--listen", "ssl:4443:privateKey=key.pem:certKey=cert.pem",
+        )
+        self.assertEqual(
+            options["listen"],
+            ["tcp:4000:interface=127.0.0.1", "ssl:4443:privateKey=key.pem:certKey=cert.pem"],
+        )
+
+    def test_listen_not_shared(self) -> None:
+        """Each Options instance has its own ``--listen`` list."""
+        parse("--listen", "tcp:1")
+        self.assertEqual(parse()["listen"], ["tcp:4000"])
+
+    def test_endpoint(self) -> None:
+        """``--endpoint package.module:Name`` loads that Endpoint class, dotted attributes included."""
+        self.assertIs(parse("--endpoint", "tests.test_tap:CustomEndpoint")["endpoint_class"], CustomEndpoint)
+        self.assertIs(parse("-e", "tests.test_tap:Namespace.Inner")["endpoint_class"], CustomEndpoint)
+
+    def test_bad_endpoint(self) -> None:
+        """An --endpoint that is malformed, missing or not an Endpoint class is a usage error."""
+        for bad in (
+            "tests.test_tap",
+            "tests.test_tap:",
+            ":CustomEndpoint",
+            "tests.no_such_module:Endpoint",
+            "tests.test_tap:NoSuchName",
+            "tests.test_tap:Namespace.Missing",
+            "tests.test_tap:Namespace",
+            "tests.test_tap:SECRET",
+        ):
+            with self.assertRaises(usage.UsageError, msg=bad) as caught:
+                parse("--endpoint", bad)
+            self.assertIn(repr(bad), str(caught.exception))
+
+    def test_endpoint_in_current_directory(self) -> None:
+        """``--endpoint myapp:Endpoint`` finds ``myapp.py`` in the current directory, as the README says."""
+        directory = Path(tempfile.mkdtemp())
+        self.addCleanup(shutil.rmtree, directory)
+        (directory / "tp_cwd_app.py").write_text(
+            "from twisted_phoenix import Endpoint as Base\n\nclass Endpoint(Base):\n    pass\n"
+        )
+        self.addCleanup(os.chdir, os.getcwd())
+        os.chdir(directory)
+        self.addCleanup(sys.modules.pop, "tp_cwd_app", None)
+        sys.path[:] = [p for p in sys.path if p not in ("", os.getcwd())]
+        endpoint_class = parse("--endpoint", "tp_cwd_app:Endpoint")["endpoint_class"]
+        self.assertEqual(endpoint_class.__module__, "tp_cwd_app")
+        self.assertTrue(issubclass(endpoint_class, Endpoint))
+
+    def test_load_endpoint_class(self) -> None:
+        """load_endpoint_class accepts the Endpoint base class and subclasses only."""
+        self.assertIs(load_endpoint_class("twisted_phoenix:Endpoint"), Endpoint)
+        self.assertRaises(usage.UsageError, load_endpoint_class, "twisted_phoenix:Socket")
+
+    def test_prod_needs_secret(self) -> None:
+        """``--env prod`` (or ``PHOENIX_ENV=prod``) without a secret is a usage error."""
+        self.assertRaises(usage.UsageError, parse, "--env", "prod")
+        os.environ["PHOENIX_ENV"] = "prod"
+        self.assertRaises(usage.UsageError, parse)
+
+    def test_prod_short_secret(self) -> None:
+        """In prod a secret shorter than 64 characters is a usage error."""
+        self.assertRaises(usage.UsageError, parse, "--env", "prod", "--secret-key-base", "x" * 63)
+
+    def test_prod_with_secret(self) -> None:
+        """In prod the secret comes from ``--secret-key-base`` or ``SECRET_KEY_BASE``."""
+        options = parse("--env", "prod", "--secret-key-base", SECRET)
+        self.assertEqual((options["env"], options["secret"]), ("prod", SECRET))
+        os.environ.update(PHOENIX_ENV="prod", SECRET_KEY_BASE="y" * 64)
+        options = parse()
+        self.assertEqual((options["env"], options["secret"]), ("prod", "y" * 64))
+        self.assertEqual(parse("--secret-key-base", SECRET)["secret"], SECRET)
+
+    def test_unknown_env(self) -> None:
+        """An environment other than dev, test or prod is a usage error."""
+        self.assertRaises(usage.UsageError, parse, "--env", "staging")
+
+    def test_name(self) -> None:
+        """``--name`` sets the node name."""
+        self.assertEqual(parse("--name", "a@127.0.0.1", "--cookie", "c")["name"], "a@127.0.0.1")
+
+    def test_help_documents_every_option(self) -> None:
+        """``twistd phoenix --help`` names every option and environment variable."""
+        text = str(Options())
+        for option in ("--port", "-p,", "--listen", "--endpoint", "-e,", "--name", "--secret-key-base", "--env"):
+            self.assertIn(option, text)
+        for variable in ENVIRONMENT:
+            self.assertIn(variable, text)
+        self.assertIn("ssl:4443:privateKey=key.pem:certKey=cert.pem", text)
+        self.assertIn("ws://localhost:4000/socket/websocket", text)
+
+
+class PluginTests(SynchronousTestCase):
+    """
+    ``twistd_plugins/phoenix.py``, which setup.py installs into ``twisted/plugins``.
+    """
+
+    def test_service_maker(self) -> None:
+        """The plugin names the ``phoenix`` subcommand and twisted_phoenix.tap."""
+        path = ROOT / "twistd_plugins" / "phoenix.py"
+        spec = importlib.util.spec_from_file_location("_phoenix_plugin", path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        maker = module.phoenix
+        self.assertTrue(IServiceMaker.providedBy(maker))
+        self.assertEqual(maker.tapname, "phoenix")
+        self.assertIs(maker.options, Options)
+        self.assertIs(maker.makeService, makeService)
+
+    def test_no_package_init(self) -> None:
+        """twistd_plugins has no __init__.py: one would hide every other Twisted plugin."""
+        self.assertFalse((ROOT / "twistd_plugins" / "__init__.py").exists())
+
+
+class MakeServiceTests(SynchronousTestCase):
+    """
+    :func:`makeService` and :class:`ListeningService`, in memory.
+    """
+
+    def setUp(self) -> None:
+        isolate_environment(self)
+
+    def test_one_listener_per_listen(self) -> None:
+        """makeService serves one Site on every --listen description."""
+        options = parse("--listen", "tcp:0:interface=127.0.0.1", "--listen", "tcp:0:interface=::1")
+        top = makeService(options)
+        self.assertIsInstance(top, MultiService)
+        children = listeners(top)
+        self.assertEqual(
+            [child.description for child in children],
+            ["tcp:0:interface=127.0.0.1", "tcp:0:interface=::1"],
+        )
+        for child in children:
+            self.assertIsInstance(child, ListeningService)
+            self.assertTrue(IService.providedBy(child))
+            self.assertIsInstance(child.factory, Site)
+        self.assertIs(children[0].factory, children[1].factory)
+
+    def test_site_serves_sockets(self) -> None:
+        """The Site of the default app has ``/socket/websocket`` and ``/auth_socket/websocket``."""
+        site = listeners(makeService(parse()))[0].factory
+        root = site.resource
+        for mount in (b"socket", b"auth_socket"):
+            self.assertIn(b"websocket", root.children[mount].children)
+        self.assertFalse(site.noisy)
+
+    def test_listens_while_running(self) -> None:
+        """A ListeningService listens when started, logs its port, and stops listening when stopped."""
+        reactor = MemoryReactor()
+        factory = Site(HelloSocketsEndpoint(reactor).resource())
+        service = ListeningService(reactor, "tcp:4321:interface=127.0.0.1", factory)
+        events: list[dict[str, Any]] = []
+        service.log = Logger(observer=events.append)
+        service.startService()
+        self.assertEqual(reactor.tcpServers, [(4321, factory, 50, "127.0.0.1")])
+        self.assertEqual([e["port"] for e in events], [4321])
+        self.assertEqual(events[0]["description"], "tcp:4321:interface=127.0.0.1")
+        self.assertIsNone(self.successResultOf(defer.maybeDeferred(service.stopService)))
+        self.assertFalse(service.running)
+
+    def test_cannot_listen(self) -> None:
+        """When the port cannot be bound, the failure is logged and the reactor stopped."""
+
+        class Refusing(MemoryReactor):
+            def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> Any:
+                raise CannotListenError(interface, port, OSError("in use"))
+
+        reactor = Refusing()
+        service = ListeningService(reactor, "tcp:4000", Site(HelloSocketsEndpoint(reactor).resource()))
+        events: list[dict[str, Any]] = []
+        service.log = Logger(observer=events.append)
+        service.startService()
+        self.assertTrue(reactor.hasStopped)
+        self.assertEqual(len(events), 1)
+        self.assertTrue(events[0]["log_failure"].check(CannotListenError))
+        self.assertIsNone(service.stopService())
+
+
+class _Tracking(WrappingFactory):
+    """Knows the server's open connections, to close them all in cleanup."""
+
+    def __init__(self, wrapped: Any) -> None:
+        super().__init__(wrapped)
+        self.idle: list[defer.Deferred[None]] = []
+
+    def unregisterProtocol(self, p: Any) -> None:
+        super().unregisterProtocol(p)
+        if not self.protocols:
+            waiting, self.idle = self.idle, []
+            for d in waiting:
+                d.callback(None)
+
+    def close_all(self, reactor: Any) -> defer.Deferred[None]:
+        if not self.protocols:
+            return defer.succeed(None)
+        d: defer.Deferred[None] = defer.Deferred()
+        self.idle.append(d)
+        for p in list(self.protocols):
+            p.transport.abortConnection()
+        return d.addTimeout(5, reactor)
+
+
+class ServeTests(TestCase):
+    """
+    ``makeService`` serving for real on loopback, with the real reactor.
+    """
+
+    timeout = 30
+
+    def setUp(self) -> None:
+        isolate_environment(self)
+        from twisted.internet import reactor
+
+        self.reactor = reactor
+
+    def serve(self, *argv: str) -> int:
+        """Start makeService's service on a free loopback port; stopped in cleanup."""
+        top = makeService(parse("--listen", "tcp:0:interface=127.0.0.1", *argv))
+        (child,) = listeners(top)
+        tracking = child.factory = _Tracking(child.factory)
+        events: list[dict[str, Any]] = []
+
+        def observe(event: dict[str, Any]) -> None:
+            if event.get("log_namespace") == "twisted_phoenix.tap.ListeningService":
+                events.append(event)
+
+        globalLogPublisher.addObserver(observe)
+        try:
+            top.startService()
+        finally:
+            globalLogPublisher.removeObserver(observe)
+
+        @defer.inlineCallbacks
+        def stop() -> Any:
+            yield top.stopService()
+            yield tracking.close_all(self.reactor)
+
+        self.addCleanup(stop)
+        (event,) = events
+        self.assertEqual(event["description"], "tcp:0:interface=127.0.0.1")
+        return int(event["port"])
+
+    @defer.inlineCallbacks
+    def test_websocket_ping(self) -> Any:
+        """``twistd phoenix`` serves the demo: the README's join and ping over a real WebSocket."""
+        port = self.serve()
+        client = yield connect(self.reactor, port, query="vsn=2.0.0", test=self)
+        joined = yield client.request(["1", "1", "ping", "phx_join", {}])
+        self.assertEqual(joined, ["1", "1", "ping", "phx_reply", {"response": {}, "status": "ok"}])
+        pong = yield client.request(["1", "2", "ping", "ping", {}])
+        self.assertEqual(pong, ["1", "2", "ping", "phx_reply", {"response": {"ping": "pong"}, "status": "ok"}])
+        yield client.disconnect()
+
+    @defer.inlineCallbacks
+    def test_auth_socket_with_cli_token(self) -> Any:
+        """A ``twisted-phoenix token`` made with the server's secret opens /auth_socket; another is refused."""
+        import io
+
+        port = self.serve("--secret-key-base", SECRET)
+        out, err = io.StringIO(), io.StringIO()
+        self.assertEqual(cli_main(["token", "42", "--secret-key-base", SECRET], out, err), 0)
+        token = out.getvalue().strip()
+        client = yield connect(
+            self.reactor, port, path="/auth_socket/websocket", query=f"vsn=2.0.0&token={token}", test=self
+        )
+        joined = yield client.request(["1", "1", "user:42", "phx_join", {}])
+        self.assertEqual(joined, ["1", "1", "user:42", "phx_reply", {"response": {}, "status": "ok"}])
+        yield client.disconnect()
+
+        out = io.StringIO()
+        self.assertEqual(cli_main(["token", "42"], out, io.StringIO()), 0)  # the dev secret
+        refused = yield self.assertFailure(
+            connect(
+                self.reactor, port, path="/auth_socket/websocket",
+                query=f"vsn=2.0.0&token={out.getvalue().strip()}", test=self,
+            ),
+            HandshakeRefused,
+        )
+        self.assertEqual(refused.status, 403)
