@@ -89,9 +89,14 @@ class Presence:
         :raises AlreadyTracked: if this channel already tracks ``key`` there.
         """
         topic = channel.topic if topic is None else topic
-        ref = self.tracker.track(self._owner(channel), topic, str(key), dict(meta))
+        owner = self._owner(channel)
+        ref = self.tracker.track(owner, topic, str(key), dict(meta))
         if ref is None:
             raise AlreadyTracked(topic, key)
+        if id(channel._server) not in self._owners:
+            # The channel had already ended (its end callback ran at once):
+            # like a dead pid in Phoenix, the entry joins and leaves at once.
+            self.tracker.untrack_owner(owner)
         return ref
 
     def untrack(self, channel: Channel, key: Any, *, topic: str | None = None) -> None:

@@ -139,9 +139,14 @@ class State:
         self._delta.cloud.add(dot)
         return dot
 
+    def _own(self, owner: str) -> list[Dot]:
+        # Owner names are local to a node (other nodes reuse them): only this
+        # replica's dots belong to this node's owners.
+        return [dot for dot in self._by_owner.get(owner, ()) if dot[0] == self.replica]
+
     def leave(self, owner: str, topic: str, key: str) -> Entry | None:
         """Remove this replica's entry for (owner, topic, key), if any."""
-        for dot in list(self._by_owner.get(owner, ())):
+        for dot in self._own(owner):
             entry = self.values[dot]
             if entry.topic == topic and entry.key == key:
                 self._remove_local(dot)
@@ -149,18 +154,23 @@ class State:
         return None
 
     def leave_owner(self, owner: str) -> list[Entry]:
-        """Remove every entry of ``owner`` (a channel that ended)."""
-        return [self._remove_local(dot) for dot in list(self._by_owner.get(owner, ()))]
+        """Remove every entry of ``owner`` (a channel that ended) on this replica."""
+        return [self._remove_local(dot) for dot in self._own(owner)]
 
     def _remove_local(self, dot: Dot) -> Entry:
         entry = self._remove(dot)
         self._delta.values.pop(dot, None)
         self._delta.cloud.add(dot)
+        # As in Phoenix, a removal bumps the clock (a dot with no value): a
+        # peer that misses this delta sees a gap between its context and our
+        # clock, and asks for a transfer.
+        n = self.context[self.replica] = self.context[self.replica] + 1
+        self._delta.cloud.add((self.replica, n))
         return entry
 
     def get(self, owner: str, topic: str, key: str) -> Entry | None:
-        """This owner's entry for (topic, key)."""
-        for dot in self._by_owner.get(owner, ()):
+        """This replica's entry of ``owner`` for (topic, key)."""
+        for dot in self._own(owner):
             entry = self.values[dot]
             if entry.topic == topic and entry.key == key:
                 return entry

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_presence -*-
+# -*- test-case-name: tests.test_presence_tracker,tests.test_presence -*-
 """
 The Tracker: runs a :class:`~twisted_phoenix.presence._state.State` on one
 node, like phoenix_pubsub's ``Phoenix.Tracker.Shard``.
@@ -222,17 +222,20 @@ class Tracker:
 
     def _gossip(self, message: Broadcast) -> None:
         payload = message.payload
+        if not isinstance(payload, dict):
+            log.error("Ignored bad presence gossip: a {event} that is not a map", event=message.event)
+            return
         replica_name, node = payload.get("replica"), payload.get("node")
         if replica_name == self.replica or not isinstance(replica_name, str) or not isinstance(node, str):
             return
         try:
             if message.event == "heartbeat":
-                self._heard(replica_name, node)
+                known = self._heard(replica_name, node)
                 if payload.get("delta") is not None:
                     self._merge(Fragment.from_wire(payload["delta"]))
                 clock = payload.get("clock")
-                if type(clock) is int and self.state.context.get(replica_name, 0) < clock:
-                    self._ask_transfer(self.replicas[node])
+                if known is not None and type(clock) is int and self.state.context.get(replica_name, 0) < clock:
+                    self._ask_transfer(known)
             elif message.event == "transfer_req":
                 self._heard(replica_name, node)
                 state = self.state.extract(exclude=replica_name)
@@ -248,15 +251,18 @@ class Tracker:
         except (WireError, KeyError, TypeError) as e:
             log.error("Ignored bad presence gossip from {node}: {error}", node=node, error=str(e))
 
-    def _heard(self, replica_name: str, node: str) -> None:
+    def _heard(self, replica_name: str, node: str) -> _Replica | None:
+        if replica_name in self.state.gone:
+            # Dropped for good (an old incarnation of a restarted node, or a
+            # stopped one): a late message from it must neither bring it back
+            # nor make the node's current replica look like the old one.
+            return None
         now = self.reactor.seconds()
         known = self.replicas.get(node)
         if known is not None and known.name != replica_name:
             log.info("Node {node} restarted: dropping its old presence replica", node=node)
             self._permdown(known)
             known = None
-        if replica_name in self.state.gone:
-            return
         if known is None:
             known = self.replicas[node] = _Replica(replica_name, node, now)
             self._ask_transfer(known)
@@ -265,6 +271,7 @@ class Tracker:
             known.up = True
             log.info("Presence replica {replica} is up again", replica=replica_name)
             self._report(self.state.replica_up(replica_name), [])
+        return known
 
     def _ask_transfer(self, replica: _Replica) -> None:
         now = self.reactor.seconds()
