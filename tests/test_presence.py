@@ -143,6 +143,13 @@ class TrackedChannelTests(SynchronousTestCase):
         ])
         self.assertEqual(len(meta["phx_ref"]), 16)
 
+    def test_stateBeforeOwnDiff(self) -> None:
+        """As in Phoenix, the joining client gets the reply, then presence_state, then the diff of its own join."""
+        client = self.user("u1")
+        self.successResultOf(client.join("tracked"))
+        events = [f[3] for f in (orjson.loads(fr.data) for fr in client.frames)]
+        self.assertEqual(events, ["phx_reply", "presence_state", "presence_diff"])
+
     def test_presenceDiffBroadcast(self) -> None:
         """Another user's arrival and departure reach a subscriber as presence_diff broadcasts with both joins and leaves."""
         first = self.user("u1")

@@ -319,7 +319,7 @@ class ClientSocket:
         self.serializer = serializer
         self.connection = FakeConnection(self._frame_written)
         self.join_refs: dict[str, Any] = {}
-        self.messages: list[Received] = []
+        self._messages: list[Received] = []
         self._pending: list[Received] = []
         self._waiters: dict[Any, list[Deferred[Reply]]] = {}
         self._refs = itertools.count(1)
@@ -333,15 +333,30 @@ class ClientSocket:
 
     def _frame_written(self, frame: Frame) -> None:
         received = decode_server_frame(self.serializer, frame)
-        self.messages.append(received)
+        self._messages.append(received)
         self._pending.append(received)
         if type(received) is Reply:
             for d in self._waiters.pop(received.ref, []):
                 d.callback(received)
 
+    def _settle(self) -> None:
+        # What is already due runs before a test looks (Phoenix's
+        # assert_push waits for the channel's mailbox the same way): e.g.
+        # presence diffs, which go out on the next reactor turn.
+        advance = getattr(self.socket.endpoint.reactor, "advance", None)
+        if advance is not None:
+            advance(0)
+
+    @property
+    def messages(self) -> list[Received]:
+        """Every message received, decoded, in order."""
+        self._settle()
+        return self._messages
+
     @property
     def frames(self) -> list[Frame]:
         """The raw frames the server wrote, in order."""
+        self._settle()
         return self.connection.frames
 
     @property
@@ -452,6 +467,7 @@ class ClientSocket:
     # -- assertions ---------------------------------------------------------------
 
     def _take(self, kind: type, match: Callable[[Any], bool]) -> Any:
+        self._settle()
         for i, message in enumerate(self._pending):
             if type(message) is kind and match(message):
                 del self._pending[i]
@@ -505,18 +521,21 @@ class ClientSocket:
 
     def refute_push(self, event: str, payload: Any = ANY) -> None:
         """Assert that no not-yet-asserted push ``event`` with ``payload`` is there."""
+        self._settle()
         for m in self._pending:
             if type(m) is Message and m.event == event and payload == m.payload:
                 raise AssertionError(f"unexpected push {m!r}")
 
     def refute_broadcast(self, event: str, payload: Any = ANY) -> None:
         """Assert that no not-yet-asserted broadcast frame ``event`` is there."""
+        self._settle()
         for m in self._pending:
             if type(m) is Broadcast and m.event == event and payload == m.payload:
                 raise AssertionError(f"unexpected broadcast {m!r}")
 
     def clear(self) -> None:
         """Mark everything received so far as asserted."""
+        self._settle()
         del self._pending[:]
 
 
@@ -539,8 +558,14 @@ class BroadcastRecorder:
         self.broadcasts.append(broadcast)
         self._pending.append(broadcast)
 
+    def _settle(self) -> None:
+        advance = getattr(self.endpoint.reactor, "advance", None)
+        if advance is not None:
+            advance(0)
+
     def assert_broadcast(self, event: str, payload: Any = ANY) -> Broadcast:
         """Assert that ``event`` was broadcast with ``payload``; consumes and returns it."""
+        self._settle()
         for i, b in enumerate(self._pending):
             if b.event == event and payload == b.payload:
                 del self._pending[i]
@@ -552,6 +577,7 @@ class BroadcastRecorder:
 
     def refute_broadcast(self, event: str, payload: Any = ANY) -> None:
         """Assert that no not-yet-asserted broadcast ``event`` with ``payload`` is there."""
+        self._settle()
         for b in self._pending:
             if b.event == event and payload == b.payload:
                 raise AssertionError(f"unexpected broadcast {b!r}")

@@ -162,6 +162,11 @@ class Presence:
     # -- diffs ------------------------------------------------------------------------
 
     def _diff(self, diff: Diff) -> None:
+        # As in Phoenix, diffs go out asynchronously (in order): a channel
+        # that tracks and then pushes presence_state sends the state first.
+        self.endpoint.reactor.callLater(0, self._send_diff, diff)
+
+    def _send_diff(self, diff: Diff) -> None:
         for topic, (joins, leaves) in diff.items():
             payload = {
                 "joins": self.fetch(topic, {k: {"metas": m} for k, m in joins.items()}),
