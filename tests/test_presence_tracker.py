@@ -556,6 +556,20 @@ class FailureTests(TrackerTestCase):
         self.assertEqual(self.b.tracker.state.values, {})
         self.assertNotIn("a", self.b.tracker.replicas)
 
+    def test_longPartitionHeals(self) -> None:
+        """A replica dropped for silence alone that speaks again is taken back, and its entries return (as in Phoenix)."""
+        self.network.block("a", "b")
+        self.tick(int(FAST["permdown_period"]) + 2)
+        self.assertEqual(self.b.tracker.state.values, {})
+        self.network.heal()
+        self.tick(int(FAST["max_silent_periods"]) + 2)
+        self.assertEqual([e.key for e in self.b.tracker.list("room")], ["u1"])
+
+    def test_stoppedTrackerCannotStart(self) -> None:
+        """A stopped tracker refuses to start again: its peers dropped its replica for good."""
+        self.a.tracker.stop()
+        self.assertRaises(RuntimeError, self.a.tracker.start)
+
     def test_permdownAtOnce(self) -> None:
         """A node whose silence jumps past permdown_period at once is dropped and its visible entries reported as leaves."""
         self.network.block("a", "b")

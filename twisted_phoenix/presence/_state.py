@@ -279,6 +279,14 @@ class State:
         self.cloud = {d for d in self.cloud if d[0] != replica}
         return removed if visible else []
 
+    def revive(self, replica: str) -> None:
+        """
+        Accept ``replica`` again after :meth:`remove_replica` (it was only
+        silent, not gone): it starts from nothing, and a transfer of its
+        state brings its entries back.
+        """
+        self.gone.discard(replica)
+
     # -- indexes -------------------------------------------------------------------
 
     def _add(self, dot: Dot, entry: Entry) -> None:

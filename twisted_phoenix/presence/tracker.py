@@ -102,6 +102,9 @@ class Tracker:
         self._ref_counter = 0
         self._node_hash = zlib.crc32(self.replica.encode()) & 0xFFFF
         self._subscriber = CallbackSubscriber(self._gossip)
+        #: Replicas dropped for silence alone, which may still come back.
+        self._timed_out: set[str] = set()
+        self._stopped = False
         self._loop: LoopingCall | None = None
         #: Bytes of gossip this tracker has sent (for the benchmark).
         self.gossip_bytes = 0
@@ -110,6 +113,9 @@ class Tracker:
 
     def start(self) -> None:
         """Join the gossip: heartbeats, and a request for everyone's state."""
+        if self._stopped:
+            # Peers dropped this replica for good when it stopped.
+            raise RuntimeError("a stopped Tracker cannot start again; make a new one")
         self.pubsub.subscribe(self.topic, self._subscriber)
         callbacks = getattr(self.pubsub.adapter, "node_up_callbacks", None)
         if callbacks is not None:
@@ -125,6 +131,7 @@ class Tracker:
 
     def stop(self) -> None:
         """Leave: peers drop this replica's entries at once."""
+        self._stopped = True
         callbacks = getattr(self.pubsub.adapter, "node_up_callbacks", None)
         if callbacks is not None and self._node_up in callbacks:
             callbacks.remove(self._node_up)
@@ -203,6 +210,7 @@ class Tracker:
         for replica in list(self.replicas.values()):
             silent = now - replica.last_heard
             if silent > self.permdown_period:
+                self._timed_out.add(replica.name)
                 self._permdown(replica)
             elif replica.up and silent > self.down_period:
                 replica.up = False
@@ -252,6 +260,12 @@ class Tracker:
             log.error("Ignored bad presence gossip from {node}: {error}", node=node, error=str(e))
 
     def _heard(self, replica_name: str, node: str) -> _Replica | None:
+        if replica_name in self._timed_out and node not in self.replicas:
+            # Dropped after permdown_period of silence, yet alive: a long
+            # partition healed.  Phoenix takes such a replica back as new.
+            log.info("Presence replica {replica} is back after a long silence", replica=replica_name)
+            self._timed_out.discard(replica_name)
+            self.state.revive(replica_name)
         if replica_name in self.state.gone:
             # Dropped for good (an old incarnation of a restarted node, or a
             # stopped one): a late message from it must neither bring it back
