@@ -15,6 +15,7 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.task import deferLater
 from twisted.logger import LogLevel
 from twisted.trial.unittest import TestCase
 
@@ -28,6 +29,7 @@ SECRET = "b" * 64
 MAX_FRAME = 1024
 HANDSHAKE_TIMEOUT = 0.5
 MAX_BACKLOG = 5
+MAX_SEND_BUFFER = 256 * 1024
 
 JOIN_OK = {"response": {}, "status": "ok"}
 PONG = {"response": {"ping": "pong"}, "status": "ok"}
@@ -88,6 +90,7 @@ class BadInputEndpoint(Endpoint):
     }
     max_frame_size = MAX_FRAME
     handshake_timeout = HANDSHAKE_TIMEOUT
+    max_send_buffer = MAX_SEND_BUFFER
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -547,6 +550,33 @@ class DeadPeerTests(_Offence, TestCase):
         self.assertLogged("BadInputSocket connection lost without a closing handshake", LogLevel.info)
         self.endpoint.broadcast("rec:offender", "news", {"n": 1})
         self.assertEqual((yield self.bystander.next_json()), [None, None, "rec:offender", "news", {"n": 1}])
+        yield self.assertOthersUnaffected()
+
+    @inlineCallbacks
+    def test_slowClientDropped(self) -> None:
+        """
+        A client that stops reading is dropped once more than
+        max_send_buffer bytes wait for it; a reading subscriber of the same
+        topic gets every broadcast and stays connected.
+        """
+        client = yield self.offender()
+        reply = yield self.bystander.request(["9", "9", "rec:offender", "phx_join", {}])
+        self.assertEqual(reply, ["9", "9", "rec:offender", "phx_reply", JOIN_OK])
+        client.protocol.transport.pauseProducing()  # the offender reads no more
+        terminated = self.endpoint.next_termination(timeout=60)
+        chunk = "x" * 16384
+        sent = 0
+        # One broadcast per reactor turn, so the bystander can keep reading;
+        # bounded: the kernel's loopback buffers hold a few MB at most.
+        while not terminated.called and sent < 3000:
+            self.endpoint.broadcast("rec:offender", "news", {"n": sent, "pad": chunk})
+            sent += 1
+            yield deferLater(reactor, 0, lambda: None)
+        self.assertEqual((yield terminated), ("rec:offender", ("shutdown", "closed")))
+        self.assertLogged("Dropping a client that does not read", LogLevel.warn)
+        for n in range(sent):
+            frame = yield self.bystander.next_json()
+            self.assertEqual(frame[3:5], ["news", {"n": n, "pad": chunk}])
         yield self.assertOthersUnaffected()
 
     @inlineCallbacks

@@ -10,7 +10,6 @@ fastlane subscription to its topic, its timers, and the way it ends.
 
 from __future__ import annotations
 
-from collections import deque
 from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -29,6 +28,17 @@ JOINING, JOINED, ENDING, DEAD = "joining", "joined", "ending", "dead"
 
 #: The reply to a join whose callback raised.
 JOIN_CRASHED = Result("error", {"reason": "join crashed"})
+
+
+_INTERCEPTS: dict[type, frozenset[str]] = {}
+
+
+def _intercepts(channel_class: type[Channel]) -> frozenset[str]:
+    """One shared frozenset per channel class (it is read on every broadcast)."""
+    cached = _INTERCEPTS.get(channel_class)
+    if cached is None or cached != frozenset(channel_class.intercept):
+        cached = _INTERCEPTS[channel_class] = frozenset(channel_class.intercept)
+    return cached
 
 
 class Timer:
@@ -50,7 +60,9 @@ class Timer:
         """Do not deliver the message; a no-op once delivered or cancelled."""
         if self._call.active():
             self._call.cancel()
-        self._server.timers.discard(self)
+        timers = self._server.timers
+        if timers is not None:
+            timers.discard(self)
 
 
 class _InfoSubscriber:
@@ -113,10 +125,12 @@ class ChannelServer:
         self.reply_join_ref = ref if join_ref is None else join_ref
         self.fastlane = session.connection
         self.serializer = session.serializer
-        self.intercepts = frozenset(channel_class.intercept)
+        self.intercepts = _intercepts(channel_class)
         self.state = JOINING
-        self.timers: set[Timer] = set()
-        self._mailbox: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()
+        # Created when first needed: most channels never use a timer, and a
+        # mailbox is empty most of the time (memory per connection matters).
+        self.timers: set[Timer] | None = None
+        self._mailbox: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
         self._draining = False
         self._waiting = False
         self._current: Message | None = None
@@ -186,7 +200,7 @@ class ChannelServer:
         mailbox = self._mailbox
         try:
             while mailbox and self.state is JOINED:
-                handler, args = mailbox.popleft()
+                handler, args = mailbox.pop(0)
                 result = handler(*args)
                 if isinstance(result, Deferred):
                     self._waiting = True
@@ -302,10 +316,13 @@ class ChannelServer:
             raise RuntimeError("send_after on a channel that has ended")
 
         def fire() -> None:
-            self.timers.discard(timer)
+            if self.timers is not None:
+                self.timers.discard(timer)
             self.post_info(message)
 
         timer = Timer(self, self.session.reactor.callLater(seconds, fire))
+        if self.timers is None:
+            self.timers = set()
         self.timers.add(timer)
         return timer
 
@@ -337,7 +354,7 @@ class ChannelServer:
         was_joined = self.state is JOINED or self.state is ENDING
         self.state = DEAD
         self._mailbox.clear()
-        for timer in list(self.timers):
+        for timer in list(self.timers or ()):
             timer.cancel()
         pubsub = self.session.endpoint.pubsub
         if was_joined:

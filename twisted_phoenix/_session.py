@@ -92,7 +92,7 @@ class Session:
         # While a join is pending, Phoenix's transport waits for it: later
         # frames queue here, up to socket.max_backlog of them.
         self._joining = False
-        self._backlog: deque[Message] = deque()
+        self._backlog: deque[Message] | None = None
         self._id = socket.id()
         if self._id is not None:
             self.endpoint.pubsub.subscribe(self._id, self)
@@ -110,6 +110,8 @@ class Session:
         """
         message = self.serializer.decode(data, binary)
         if self._joining:
+            if self._backlog is None:
+                self._backlog = deque()
             if len(self._backlog) >= self.socket.max_backlog:
                 self.log.error(
                     "Closing {socket}: more than {n} messages queued behind a pending join",
@@ -231,7 +233,7 @@ class Session:
         if self.closed:
             return
         self.closed = True
-        self._backlog.clear()
+        self._backlog = None
         if self._id is not None:
             self.endpoint.pubsub.unsubscribe(self._id, self)
         channels, self.channels = self.channels, {}

@@ -63,6 +63,8 @@ class Endpoint:
     :cvar host: the public host name, for ``check_origin = True``.
     :cvar max_frame_size: the largest frame or message a client may send;
         larger ones close the connection with 1009.
+    :cvar max_send_buffer: bytes that may wait for a client that does not
+        read (once the socket's own buffer is full) before it is dropped.
     :cvar handshake_timeout: seconds a client has to complete its HTTP
         request and WebSocket handshake (a silent connection is dropped).
 
@@ -80,6 +82,7 @@ class Endpoint:
     check_origin: ClassVar[OriginSetting] = True
     host: ClassVar[str] = "localhost"
     max_frame_size: ClassVar[int] = DEFAULT_MAX_FRAME_SIZE
+    max_send_buffer: ClassVar[int] = 4 * 1024 * 1024
     handshake_timeout: ClassVar[float] = 10.0
     close_timeout: ClassVar[float] = 5.0
 

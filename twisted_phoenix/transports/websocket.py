@@ -107,8 +107,10 @@ class PhoenixServerProtocol(WebSocketServerProtocol):
     session: Session | None = None
     _socket: Socket | None = None
     _serializer: Any = None
-    _idle_call: Any = None
     _last_seen: float = 0.0
+    #: Set while Twisted says the socket's send buffer is full.
+    _paused = False
+    _paused_bytes = 0
 
     # -- handshake ---------------------------------------------------------------
 
@@ -221,7 +223,16 @@ class PhoenixServerProtocol(WebSocketServerProtocol):
         self.session = Session(self._socket, self._serializer, self)
         self._socket = None
         self._touch()
-        self._idle_call = self.factory._batched_timer.call_later(self.session.socket.timeout, self._check_idle)
+        # twisted.web's HTTP channel registered itself as this transport's
+        # producer and Autobahn leaves it there: it would keep the upgrade
+        # request alive and pause reading whenever the send buffer is full.
+        # This connection is the producer now (see pauseProducing).
+        try:
+            self.transport.unregisterProducer()
+        except Exception:
+            pass
+        self.transport.registerProducer(self, True)
+        self.factory.idle.add(self)
 
     # -- input ---------------------------------------------------------------------
 
@@ -232,18 +243,25 @@ class PhoenixServerProtocol(WebSocketServerProtocol):
     def _touch(self) -> None:
         self._last_seen = self.factory.reactor.seconds()
 
-    def _check_idle(self) -> None:
-        self._idle_call = None
-        session = self.session
-        if session is None or session.closed:
-            return
-        timeout = session.socket.timeout
-        idle = self.factory.reactor.seconds() - self._last_seen
-        if idle >= timeout:
-            self.log.info("Closing an idle connection after {timeout} s without data", timeout=timeout)
-            self.close(CLOSE_NORMAL, "idle timeout")
-        else:
-            self._idle_call = self.factory._batched_timer.call_later(timeout - idle, self._check_idle)
+    def idle_timeout(self) -> None:
+        """No data for ``Socket.timeout`` seconds: close, as Phoenix does (1000)."""
+        self.log.info(
+            "Closing an idle connection after {timeout} s without data", timeout=self.factory.idle.timeout
+        )
+        self.close(CLOSE_NORMAL, "idle timeout")
+
+    # -- IPushProducer: Twisted pauses us when the socket's send buffer is full --
+
+    def pauseProducing(self) -> None:
+        # Twisted calls this on every write while the buffer is full.
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        self._paused_bytes = 0
+
+    def stopProducing(self) -> None:
+        self._paused = True
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         session = self.session
@@ -259,9 +277,7 @@ class PhoenixServerProtocol(WebSocketServerProtocol):
             self.close(CLOSE_INTERNAL_ERROR, "internal error")
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
-        if self._idle_call is not None:
-            self._idle_call.cancel()
-            self._idle_call = None
+        self.factory.idle.discard(self)
         # Autobahn leaves its closing-handshake timer pending when the TCP
         # connection ends some other way (e.g. a second protocol error).
         if self.closeHandshakeTimeoutCall is not None:
@@ -286,7 +302,22 @@ class PhoenixServerProtocol(WebSocketServerProtocol):
         wire = frame.wire
         if wire is None:
             wire = frame.wire = ws_frame(frame.data, frame.binary)
+        if self._paused:
+            # The client is not reading: bound what waits for it.
+            self._paused_bytes += len(wire)
+            if self._paused_bytes > self.factory.endpoint.max_send_buffer:
+                self._drop_slow_client()
+                return
         self.transport.write(wire)
+
+    def _drop_slow_client(self) -> None:
+        self.log.warn(
+            "Dropping a client that does not read: over {limit} bytes wait for it",
+            limit=self.factory.endpoint.max_send_buffer,
+        )
+        if self.session is not None:
+            self.session.connection_lost()
+        self.transport.abortConnection()
 
     def close(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
         """Start the closing handshake with any close code (Autobahn's sendClose allows few)."""
@@ -328,6 +359,8 @@ class PhoenixServerFactory(WebSocketServerFactory):
         # txaio's batched timer: it rounds deadlines down to whole seconds, so
         # a 0.5 s handshake timeout could fire at once.
         self._batched_timer = _ReactorTimer(endpoint.reactor)
+        #: The open connections, for the idle timeout.
+        self.idle = IdleSweeper(endpoint.reactor, socket_class.timeout)
         self.setProtocolOptions(
             # Fail with a close frame (1007, 1009, 1002), not a bare TCP drop.
             failByDrop=False,
@@ -339,6 +372,49 @@ class PhoenixServerFactory(WebSocketServerFactory):
             openHandshakeTimeout=endpoint.handshake_timeout,
             closeHandshakeTimeout=endpoint.close_timeout,
         )
+
+
+class IdleSweeper:
+    """
+    Closes connections that sent nothing for ``timeout`` seconds.
+
+    One timer for all the connections of a socket, not one per connection:
+    every ``timeout / 4`` seconds it closes those silent for ``timeout`` or
+    more, so a connection is closed between ``timeout`` and ``1.25 ×
+    timeout`` after its last data.  The timer runs only while there are
+    connections.
+    """
+
+    def __init__(self, reactor: Any, timeout: float) -> None:
+        self.reactor = reactor
+        self.timeout = timeout
+        self.connections: set[PhoenixServerProtocol] = set()
+        self._call: Any = None
+
+    def add(self, connection: PhoenixServerProtocol) -> None:
+        self.connections.add(connection)
+        if self._call is None:
+            self._schedule()
+
+    def discard(self, connection: PhoenixServerProtocol) -> None:
+        self.connections.discard(connection)
+        if not self.connections and self._call is not None:
+            if self._call.active():
+                self._call.cancel()
+            self._call = None
+
+    def _schedule(self) -> None:
+        self._call = self.reactor.callLater(max(self.timeout / 4, 0.01), self.sweep)
+
+    def sweep(self) -> None:
+        """Close the connections silent for ``timeout`` seconds or more."""
+        self._call = None
+        deadline = self.reactor.seconds() - self.timeout
+        for connection in [c for c in self.connections if c._last_seen <= deadline]:
+            self.connections.discard(connection)
+            connection.idle_timeout()
+        if self.connections:
+            self._schedule()
 
 
 class _ReactorTimer:
