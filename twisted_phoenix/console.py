@@ -205,8 +205,11 @@ def _piped(namespace: dict[str, Any], done: Callable[[], Any]) -> None:
 
         def connectionLost(self, reason: Any = None) -> None:
             self.eof = True
-            if self.buffer:
-                self.lineReceived(b"")
+            rest = self.clearLineBuffer()  # a last line without a newline
+            if rest:
+                self.lineReceived(rest)
+            if self.buffer or self.queue:
+                self.lineReceived(b"")  # ends a block left open
             if not self.waiting:
                 self.finish()
 

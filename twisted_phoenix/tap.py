@@ -133,6 +133,13 @@ class Options(usage.Options):
             self["heartbeat-timeout"] = float(self["heartbeat-timeout"])
         except (ValueError, ConfigError) as e:
             raise usage.UsageError(str(e)) from None
+        if not 0 <= self["dist-port"] <= 65535 or not 0 < self["epmd-port"] <= 65535:
+            raise usage.UsageError("--dist-port and --epmd-port take port numbers")
+        if not 0 < self["heartbeat-interval"] < self["heartbeat-timeout"]:
+            raise usage.UsageError(
+                "--heartbeat-interval must be above 0 and below --heartbeat-timeout "
+                "(a peer is dropped after the timeout without an answer)"
+            )
         tls_files = [self["dist-cert"], self["dist-key"], self["dist-ca"]]
         if any(tls_files) and not all(tls_files):
             raise usage.UsageError("TLS cluster links need --dist-cert, --dist-key and --dist-ca")
@@ -178,6 +185,32 @@ class ListeningService(service.Service):
         return None
 
 
+class NodeService(service.Service):
+    """
+    Runs the cluster node.  A node that cannot start (its name taken on
+    this host, its port busy) stops twistd, rather than serve alone.
+    """
+
+    log = Logger()
+
+    def __init__(self, reactor: Any, node: Node) -> None:
+        self.reactor = reactor
+        self.node = node
+
+    def startService(self) -> None:
+        super().startService()
+
+        def failed(failure: Any) -> None:
+            self.log.failure("Node {name} cannot start", failure, name=self.node.name)
+            self.reactor.stop()
+
+        self.node.start().addErrback(failed)
+
+    def stopService(self) -> Any:
+        super().stopService()
+        return self.node.stop()
+
+
 class EndpointService(service.Service):
     """Runs the endpoint's background work (presence) while the app runs."""
 
@@ -203,7 +236,7 @@ def makeService(options: Options) -> service.IService:
     )
     top = service.MultiService()
     if options["cluster"]:
-        Node(
+        node = Node(
             reactor,
             options["name"],
             cookie=options["cookie"],
@@ -215,7 +248,8 @@ def makeService(options: Options) -> service.IService:
             heartbeat_interval=options["heartbeat-interval"],
             heartbeat_timeout=options["heartbeat-timeout"],
             connect=options["connect"],
-        ).setServiceParent(top)
+        )
+        NodeService(reactor, node).setServiceParent(top)
     EndpointService(endpoint).setServiceParent(top)
     if not options["no-http"]:
         site = endpoint.site()

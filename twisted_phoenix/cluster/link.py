@@ -35,7 +35,18 @@ from zope.interface import implementer
 if TYPE_CHECKING:
     from .node import Node
 
-__all__ = ["METHODS", "CookieChecker", "ClusterRealm", "Link", "NodeMind", "PeerPerspective", "proof"]
+__all__ = [
+    "METHODS",
+    "BUFFER_LIMIT",
+    "CookieChecker",
+    "ClusterRealm",
+    "Link",
+    "NodeMind",
+    "PeerPerspective",
+    "RejectedCall",
+    "WrongCookie",
+    "proof",
+]
 
 log = Logger()
 
@@ -43,7 +54,25 @@ log = Logger()
 #: 640 KiB string limit.
 CHUNK = 512 * 1024
 
+#: Bytes of broadcasts a link still takes once Twisted has paused it (its
+#: write buffer holds more than 64 KiB): a burst of broadcasts within one
+#: reactor turn is normal, but a peer that does not read must not make us
+#: buffer without bound.  Past this, broadcasts are dropped and counted.
+BUFFER_LIMIT = 4 * 1024 * 1024
+
 _PLAIN = (str, bytes, int, float, bool, type(None))
+
+
+class RejectedCall(pb.Error):
+    """
+    A call from a peer that is not one of :data:`METHODS` with plain-data
+    arguments.  A :class:`pb.Error`, so PB sends it back to the caller
+    without logging a traceback: the rejection is logged once, by us.
+    """
+
+
+class WrongCookie(pb.Error, cred_error.UnauthorizedLogin):
+    """A node logged in with the wrong cookie (sent back to it, logged by us)."""
 
 #: The remote methods of a link and the types of their arguments.
 METHODS: dict[str, tuple[Any, ...]] = {
@@ -90,11 +119,18 @@ class Link:
         self.peer = peer
         self.info: dict[str, Any] = {}
         self.up = False
+        #: The hello exchange succeeded on this link: its calls are
+        #: accepted, even when it is a duplicate on its way out (the peer may
+        #: have sent broadcasts on it before it learnt it was one).
+        self.greeted = False
         self.closed = False
         self.paused = False
         self.leaving = False
         self.dropped = 0
         self._dropped_logged = 0
+        #: See :data:`BUFFER_LIMIT`.
+        self.buffer_limit = BUFFER_LIMIT
+        self._paused_bytes = 0
         self.last_seen = node.reactor.seconds()
         self._heartbeat = LoopingCall(self._beat)
         self._heartbeat.clock = node.reactor
@@ -150,6 +186,10 @@ class Link:
     # -- IPushProducer: Twisted pauses us when the socket buffer is full -------
 
     def pauseProducing(self) -> None:
+        # Twisted calls this again on each write while its buffer is full:
+        # the allowance counts from the first call.
+        if not self.paused:
+            self._paused_bytes = 0
         self.paused = True
 
     def resumeProducing(self) -> None:
@@ -170,11 +210,18 @@ class Link:
     def send_broadcast(self, topic: str, event: str, chunks: list[bytes], binary: bool) -> bool:
         """
         Send a broadcast without waiting for an answer.  Returns ``False``
-        (and counts it) when the link is congested or gone.
+        (and counts it) when the link is gone or congested: paused by
+        Twisted, and :attr:`buffer_limit` bytes already written since.
         """
-        if self.paused or self.closed:
+        if self.closed:
             self.dropped += 1
             return False
+        if self.paused:
+            size = sum(len(c) for c in chunks)
+            if self._paused_bytes + size > self.buffer_limit:
+                self.dropped += 1
+                return False
+            self._paused_bytes += size
         try:
             self.remote.callRemote("broadcast", topic, event, chunks, binary, pbanswer=False)
         except pb.DeadReferenceError:
@@ -192,14 +239,20 @@ class Link:
                 "Rejected a call from node {peer}: {method}{args!r:.200}",
                 peer=self.peer, method=method, args=args,
             )
-            raise ValueError(f"not a cluster call: {method}")
+            raise RejectedCall(f"not a cluster call: {method}")
         self.last_seen = self.node.reactor.seconds()
         if method == "hello":
+            if self.initiator == self.node.name:
+                # We opened this link: we say hello, the peer answers with
+                # its proof.  A peer that says hello here has proved nothing.
+                log.error("Rejected a call from node {peer}: hello on a link we opened", peer=self.peer)
+                raise RejectedCall("hello goes the other way")
             return self.node._hello_received(self, args[0])
-        if not self.up:
+        if not (self.up or self.greeted):
             if method in ("ping", "bye"):
                 return None  # a duplicate link on its way out
-            raise ValueError("hello first")
+            log.error("Rejected a call from node {peer}: {method} before hello", peer=self.peer, method=method)
+            raise RejectedCall("hello first")
         if method == "broadcast":
             self.node._broadcast_received(self, *args)
             return None
@@ -218,11 +271,22 @@ def _receiver(method_prefix: str) -> Callable[..., Any]:
     def message_received(self: Any, broker: Any, message: Any, args: Any, kw: Any) -> Any:
         if isinstance(message, bytes):
             message = message.decode("utf-8", "replace")
-        args = broker.unserialize(args)
-        if kw and broker.unserialize(kw):
-            raise ValueError("cluster calls take no keyword arguments")
-        if self.link is None:
-            raise ValueError("no link")
+        peer = None if self.link is None else self.link.peer
+        try:
+            args = broker.unserialize(args)
+            kw = broker.unserialize(kw)
+        except Exception as e:
+            # Jelly refuses anything but plain data (InsecureJelly).
+            log.error(
+                "Rejected a call from node {peer}: {method} with arguments that are not plain data ({error})",
+                peer=peer, method=message, error=repr(e)[:200],
+            )
+            raise RejectedCall(f"not plain data: {message}") from None
+        if kw:
+            log.error("Rejected a call from node {peer}: {method} with keyword arguments", peer=peer, method=message)
+            raise RejectedCall("cluster calls take no keyword arguments")
+        if self.link is None or not isinstance(args, (list, tuple)):
+            raise RejectedCall("no link")
         return broker.serialize(self.link.received(message, tuple(args)), self.perspective_for_serialize)
 
     message_received.__name__ = method_prefix + "MessageReceived"
@@ -269,7 +333,7 @@ class CookieChecker:
         if credentials.checkPassword(self._cookie):
             return defer.succeed(name.encode())
         log.error("Refused node {name} from {address}: wrong cookie", name=name, address=address)
-        return defer.fail(cred_error.UnauthorizedLogin("wrong cookie"))
+        return defer.fail(WrongCookie("wrong cookie"))
 
 
 @implementer(IRealm)
@@ -281,8 +345,12 @@ class ClusterRealm:
 
     def requestAvatar(self, avatar_id: bytes, mind: Any, *interfaces: Any) -> Any:
         if pb.IPerspective not in interfaces or not isinstance(mind, pb.RemoteReference):
-            raise NotImplementedError("PB perspectives with a mind only")
+            log.error("Refused node {name}: it logged in without a mind", name=avatar_id)
+            raise RejectedCall("PB perspectives with a mind only")
         peer = avatar_id.decode("utf-8")
+        if peer == self.node.name:
+            log.error("Refused a node that logged in with this node's own name, {name}", name=peer)
+            raise RejectedCall("that is this node's name")
         avatar = PeerPerspective()
         avatar.link = Link(self.node, mind, initiator=peer, peer=peer)
         return pb.IPerspective, avatar, avatar.link.close

@@ -29,20 +29,20 @@ from twisted.application import service
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.portal import Portal
 from twisted.internet import defer
+from twisted.internet.error import ConnectionLost
 from twisted.internet.endpoints import (
     SSL4ClientEndpoint,
     SSL4ServerEndpoint,
     TCP4ClientEndpoint,
     TCP4ServerEndpoint,
 )
-from twisted.internet.task import deferLater
 from twisted.logger import Logger, LogLevel
 from twisted.spread import pb
 
 from ..message import Broadcast
 from ..pubsub import PubSub
 from ..serializers import json_dumps
-from .link import CHUNK, ClusterRealm, CookieChecker, Link, NodeMind, proof
+from .link import CHUNK, ClusterRealm, CookieChecker, Link, NodeMind, RejectedCall, proof
 from .names import is_local_host, parse_address, parse_node_name
 from .portmapper import DEFAULT_PORT, MapperClient
 from .tls import ClusterTLS
@@ -53,6 +53,78 @@ log = Logger()
 
 #: Seconds between attempts to relink a lost peer.
 BACKOFF = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
+
+#: Seconds :meth:`Node.stop` waits for the peers' goodbyes and for its
+#: connections to be gone.
+STOP_TIMEOUT = 5.0
+
+
+class _Connections:
+    """Every PB connection of a node, so that :meth:`Node.stop` can drop them all."""
+
+    def __init__(self) -> None:
+        self.brokers: set[pb.Broker] = set()
+
+    def add(self, broker: pb.Broker) -> None:
+        self.brokers.add(broker)
+        broker.notifyOnDisconnect(lambda: self.brokers.discard(broker))
+
+    def close_all(self, reactor: Any) -> defer.Deferred[Any]:
+        """Abort every connection; fires once all are gone."""
+        waits = []
+        for broker in list(self.brokers):
+            d: defer.Deferred[None] = defer.Deferred()
+            broker.notifyOnDisconnect(lambda d=d: d.called or d.callback(None))
+            waits.append(d.addTimeout(STOP_TIMEOUT, reactor))
+            if broker.transport is not None:
+                broker.transport.abortConnection()
+        return defer.DeferredList(waits, consumeErrors=True)
+
+
+class _Broker(pb.Broker):
+    """A PB broker that remembers why its connection was lost."""
+
+    lost_reason: Any = None
+
+    def connectionLost(self, reason: Any) -> None:
+        self.lost_reason = reason
+        super().connectionLost(reason)
+
+
+class _ServerFactory(pb.PBServerFactory):
+    noisy = False
+    protocol = _Broker
+
+    def __init__(self, portal: Portal, connections: _Connections) -> None:
+        super().__init__(portal)
+        self._connections = connections
+
+    def buildProtocol(self, addr: Any) -> pb.Broker:
+        broker = super().buildProtocol(addr)
+        self._connections.add(broker)
+        return broker
+
+
+class _ClientFactory(pb.PBClientFactory):
+    noisy = False
+    protocol = _Broker
+
+    def __init__(self, connections: _Connections) -> None:
+        super().__init__()
+        self._connections = connections
+
+    def buildProtocol(self, addr: Any) -> pb.Broker:
+        broker = super().buildProtocol(addr)
+        self._connections.add(broker)
+        # Endpoints never call clientConnectionLost, which is what fails a
+        # pending login when the connection goes before PB is ready (a
+        # failed TLS handshake): do it here, or login waits for its timeout.
+        def lost() -> None:
+            reason = getattr(broker.lost_reason, "value", None)
+            self._failAll(ConnectionLost(f"lost before login: {reason!r:.300}"))
+
+        broker.notifyOnDisconnect(lost)
+        return broker
 
 
 class Node(service.Service):
@@ -107,6 +179,11 @@ class Node(service.Service):
         self._retrying: set[str] = set()
         self._listening: Any = None
         self._stopping = False
+        self._connections = _Connections()
+        self._timers: set[Any] = set()
+        self._connecting: set[defer.Deferred[Any]] = set()
+        self._pending: dict[str, int] = {}
+        self._lost_while_connecting: set[str] = set()
         self.started: defer.Deferred[None] = defer.Deferred()
         #: Called with a peer's name each time a link to it comes up.
         self.node_up_callbacks: list[Any] = []
@@ -128,8 +205,7 @@ class Node(service.Service):
     def start(self) -> Any:
         """Listen, register with the port mapper, connect to the initial nodes."""
         realm = ClusterRealm(self)
-        factory = pb.PBServerFactory(Portal(realm, [CookieChecker(self.cookie)]))
-        factory.noisy = False
+        factory = _ServerFactory(Portal(realm, [CookieChecker(self.cookie)]), self._connections)
         if self.tls is not None:
             endpoint: Any = SSL4ServerEndpoint(
                 self.reactor, self.port, self.tls.server_options(), interface=self.interface
@@ -161,11 +237,18 @@ class Node(service.Service):
         the links, stop listening and leave the port mapper.
         """
         self._stopping = True
+        for timer in list(self._timers):
+            if timer.active():
+                timer.cancel()
+        self._timers.clear()
+        for attempt in list(self._connecting):
+            attempt.cancel()
         links = list(self.links.values())
         goodbyes = [link.call("bye").addTimeout(2, self.reactor) for link in links]
         yield defer.DeferredList(goodbyes, consumeErrors=True)
-        for link in links:
-            link.close()
+        # Every connection, links and half-open ones alike, and wait until
+        # they are gone, so that nothing of this node outlives stop().
+        yield self._connections.close_all(self.reactor)
         waits = [self.mapper.stop()]
         if self._listening is not None:
             waits.append(defer.maybeDeferred(self._listening.stopListening))
@@ -181,14 +264,33 @@ class Node(service.Service):
         """This node's name."""
         return self.name
 
-    @defer.inlineCallbacks
-    def connect(self, target: str, address: str | None = None, *, quiet: bool = False) -> Any:
+    def connect(self, target: str, address: str | None = None, *, quiet: bool = False) -> defer.Deferred[bool]:
         """
         Link to the node ``target`` (``name@host``, or ``name@host=addr:port``).
         Fires with ``True`` once linked (or already linked), ``False`` if
         the node cannot be reached or refuses us; the reason is logged
         (at debug level with ``quiet``, for retries).
         """
+        peer = target.partition("=")[0]
+        self._pending[peer] = self._pending.get(peer, 0) + 1
+
+        def done(ok: Any) -> Any:
+            self._pending[peer] -= 1
+            if not self._pending[peer]:
+                del self._pending[peer]
+                if peer in self._lost_while_connecting:
+                    # A link to it went while we were connecting anew (see
+                    # _link_lost); only now do we know whether it is down.
+                    self._lost_while_connecting.discard(peer)
+                    if peer not in self.links and not self._stopping:
+                        log.warn("Node {peer} is down (link from {name} lost)", peer=peer, name=self.name)
+                        self._retry(peer)
+            return ok
+
+        return self._connect(target, address, quiet=quiet).addBoth(done)
+
+    @defer.inlineCallbacks
+    def _connect(self, target: str, address: str | None = None, *, quiet: bool = False) -> Any:
         level = LogLevel.debug if quiet else LogLevel.warn
         if "=" in target and address is None:
             target, _, address = target.partition("=")
@@ -201,15 +303,19 @@ class Node(service.Service):
             return False
         if target == self.name or target in self.links:
             return True
+        if self._stopping:
+            return False
         if address is not None:
             self._addresses[target] = address
         try:
             host, port = yield self._resolve(target)
-        except LookupError as e:
-            log.emit(level, "Cannot connect to node {target}: {error}", target=target, error=str(e))
+        except Exception as e:
+            log.emit(level, "Cannot connect to node {target}: {error}", target=target,
+                     error=str(e) if isinstance(e, LookupError) else _describe(e))
             return False
-        factory = pb.PBClientFactory()
-        factory.noisy = False
+        if self._stopping:
+            return False
+        factory = _ClientFactory(self._connections)
         if self.tls is not None:
             endpoint: Any = SSL4ClientEndpoint(
                 self.reactor, host, port, self.tls.client_options(wanted.host), timeout=5
@@ -217,12 +323,23 @@ class Node(service.Service):
         else:
             endpoint = TCP4ClientEndpoint(self.reactor, host, port, timeout=5)
         mind = NodeMind()
+        broker = None
         try:
-            yield endpoint.connect(factory)
+            connecting = endpoint.connect(factory)
+            self._connecting.add(connecting)
+            connecting.addBoth(lambda r: self._connecting.discard(connecting) or r)
+            broker = yield connecting
             login = factory.login(UsernamePassword(self.name.encode(), self.cookie.encode()), client=mind)
             perspective = yield login.addTimeout(5, self.reactor)
         except Exception as e:
-            factory.disconnect()
+            # factory.disconnect() only knows a connection that got as far as
+            # PB's version exchange; drop ours whatever state it is in.
+            if broker is not None and broker.transport is not None:
+                broker.transport.abortConnection()
+            if self._stopping:
+                level = LogLevel.debug
+            elif not quiet and _refused_login(e):
+                level = LogLevel.error  # a refused cookie is a configuration error: say so loudly
             log.emit(level, "Cannot connect to node {target} at {host}:{port}: {error}",
                      target=target, host=host, port=port, error=_describe(e))
             return False
@@ -240,6 +357,9 @@ class Node(service.Service):
             link.close()
             log.error("Refused node at {host}:{port}: it is not {target} or does not know the cookie",
                       host=host, port=port, target=target)
+            return False
+        if link.closed or self._stopping:
+            link.close()
             return False
         return self._link_up(link, info)
 
@@ -274,22 +394,45 @@ class Node(service.Service):
 
     def _hello_received(self, link: Link, info: dict[str, Any]) -> dict[str, Any]:
         """The accepting side: a peer that logged in introduces itself."""
-        if info.get("name") != link.peer or not isinstance(info.get("nonce"), str):
+        if link.greeted:
+            log.error("Rejected a call from node {peer}: a second hello", peer=link.peer)
+            raise RejectedCall("hello twice")
+        if info.get("name") != link.peer or link.peer == self.name or not isinstance(info.get("nonce"), str):
+            log.error("Refused node {peer}: bad hello", peer=link.peer)
             link.close()
-            raise ValueError("bad hello")
+            raise RejectedCall("bad hello")
+        if self._stopping:
+            link.close()
+            raise RejectedCall("this node is stopping")
         answer = self._hello(None, peer_nonce=info["nonce"])
-        self._link_up(link, info)
+        self._link_up(link, info, answering=True)
         return answer
 
-    def _link_up(self, link: Link, info: dict[str, Any]) -> bool:
+    def _link_up(self, link: Link, info: dict[str, Any], *, answering: bool = False) -> bool:
+        """
+        A link has passed its hello: keep it (unless it duplicates a better
+        one), start its heartbeats and tell the world.
+
+        :param answering: we are the accepting side, still to answer the
+            hello: the peer only treats the link as up once it has our
+            answer, so nothing may be sent on it before.
+        """
         peer = info["name"]
         link.info = info
+        link.greeted = True
         existing = self.links.get(peer)
         if existing is not None and not existing.closed:
             if existing.info.get("incarnation") != info.get("incarnation"):
                 existing.close()  # the peer restarted; that link is stale
             elif existing.initiator == link.initiator or existing.initiator < link.initiator:
-                link.close()  # both ends keep the link opened by the smaller name
+                # Both ends keep the link opened by the smaller name.  When
+                # answering, the peer closes this one once it has our answer
+                # (closing it first would fail its connect); if it does not,
+                # we do, later.
+                if answering:
+                    self._later(STOP_TIMEOUT, link.close)
+                else:
+                    link.close()
                 return True
             else:
                 existing.close()
@@ -297,6 +440,28 @@ class Node(service.Service):
         self._learn_address(peer, info.get("address"))
         link.start()
         log.info("Node {peer} connected to {name}", peer=peer, name=self.name)
+        if answering:
+            self._later(0, self._announce, link)
+        else:
+            self._announce(link)
+        return True
+
+    def _later(self, delay: float, f: Any, *args: Any) -> None:
+        """Call ``f(*args)`` in ``delay`` seconds, unless this node stops first."""
+
+        def run() -> None:
+            self._timers.discard(call)
+            f(*args)
+
+        call = self.reactor.callLater(delay, run)
+        self._timers.add(call)
+
+    def _announce(self, link: Link) -> None:
+        """A new link is up: node-up callbacks, and introductions both ways."""
+        peer = link.peer
+        if link.closed or self._stopping or self.links.get(peer) is not link:  # type: ignore[arg-type]
+            return
+        info = link.info
         for callback in list(self.node_up_callbacks):
             try:
                 callback(peer)
@@ -309,7 +474,6 @@ class Node(service.Service):
         if isinstance(nodes, dict):
             for name, address in nodes.items():
                 self._peer_up(name, address)
-        return True
 
     def _peer_up(self, name: str, address: str | None) -> None:
         """A peer names a node it is linked to: link to it too."""
@@ -332,12 +496,25 @@ class Node(service.Service):
         """The peer is shutting down on purpose: do not try to relink it."""
         log.info("Node {peer} is leaving the cluster", peer=link.peer)
         link.leaving = True
+        registered = self.links.get(link.peer)  # type: ignore[arg-type]
+        if registered is not None:
+            registered.leaving = True  # it may have said so on a duplicate link
 
     def _link_lost(self, link: Link) -> None:
         peer = link.peer
         if peer is None or self.links.get(peer) is not link:
             return
         del self.links[peer]
+        if self._stopping:
+            log.info("Link from {name} to {peer} closed", name=self.name, peer=peer)
+            return
+        if self._pending.get(peer) and not link.leaving:
+            # We are connecting to it again: this is a duplicate link that
+            # the other end dropped in favour of the one we are opening
+            # (both ends connected at once).  Down only if that fails.
+            log.debug("Link from {name} to {peer} replaced", name=self.name, peer=peer)
+            self._lost_while_connecting.add(peer)
+            return
         if link.leaving:
             log.info("Node {peer} left", peer=peer)
             return
@@ -347,26 +524,30 @@ class Node(service.Service):
 
     def _retry(self, peer: str, attempt: int = 0) -> None:
         """Relink ``peer`` with backoff until it is back or this node stops."""
-        if peer in self._retrying and attempt == 0:
+        if self._stopping or (peer in self._retrying and attempt == 0):
             return
         self._retrying.add(peer)
         delay = BACKOFF[min(attempt, len(BACKOFF) - 1)]
 
-        def again(_: Any) -> Any:
+        def again() -> None:
+            self._timers.discard(timer)
             if self._stopping or peer in self.links:
                 self._retrying.discard(peer)
-                return None
-            return self.connect(peer, quiet=attempt > 0).addCallback(done)
+                return
+            d = self.connect(peer, quiet=attempt > 0)
+            # connect() answers False rather than failing; should it fail
+            # all the same, keep trying rather than give the peer up.
+            d.addErrback(lambda f: log.failure("Relinking {peer}", f, peer=peer) or False)
+            d.addCallback(done)
 
         def done(ok: bool) -> None:
-            if ok or self._stopping:
+            if ok or self._stopping or peer in self.links:
                 self._retrying.discard(peer)
             else:
                 self._retry(peer, attempt + 1)
 
-        deferLater(self.reactor, delay, lambda: None).addCallback(again).addErrback(
-            lambda f: log.failure("Relinking {peer}", f, peer=peer)
-        )
+        timer = self.reactor.callLater(delay, again)
+        self._timers.add(timer)
 
     # -- PubSub adapter ----------------------------------------------------------------
 
@@ -389,9 +570,19 @@ class Node(service.Service):
 
     def _broadcast_received(self, link: Link, topic: str, event: str, chunks: list[Any], binary: bool) -> None:
         if not all(isinstance(c, bytes) for c in chunks):
-            raise ValueError("payload chunks must be bytes")
+            log.error("Rejected a broadcast from node {peer}: its payload is not bytes", peer=link.peer)
+            raise RejectedCall("payload chunks must be bytes")
         data = b"".join(chunks)
-        payload = data if binary else orjson.loads(data)
+        if binary:
+            payload: Any = data
+        else:
+            try:
+                payload = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                payload = None
+            if not isinstance(payload, dict):
+                log.error("Rejected a broadcast from node {peer}: its payload is not a JSON object", peer=link.peer)
+                raise RejectedCall("the payload must be a JSON object")
         self.pubsub.dispatch(Broadcast(topic, event, payload))
 
 
@@ -399,6 +590,14 @@ def _encode(payload: Any) -> tuple[list[bytes], bool]:
     binary = isinstance(payload, bytes)
     data = payload if binary else json_dumps(payload)
     return [data[i : i + CHUNK] for i in range(0, max(len(data), 1), CHUNK)], binary
+
+
+def _refused_login(e: BaseException) -> bool:
+    """Whether ``e`` is the peer's refusal of our login (a wrong cookie)."""
+    remote_type = getattr(e, "remoteType", b"")
+    if isinstance(remote_type, bytes):
+        remote_type = remote_type.decode("utf-8", "replace")
+    return remote_type.endswith(("WrongCookie", "UnauthorizedLogin"))
 
 
 def _describe(e: BaseException) -> str:

@@ -17,6 +17,7 @@ lives), ``LOOKUP name`` (``PORT n`` or ``NONE``) and ``NAMES``
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 from typing import Any
@@ -72,6 +73,10 @@ class _MapperServerProtocol(LineOnlyReceiver):
         self.mapper.connections.discard(self)
         if self.registered is not None:
             self.mapper._unregister(self.registered, self)
+        if not self.mapper.connections:
+            waiters, self.mapper._idle = self.mapper._idle, []
+            for d in waiters:
+                d.callback(None)
 
 
 class PortMapper(Factory):
@@ -85,14 +90,20 @@ class PortMapper(Factory):
         self.ports: dict[str, int] = {}
         self._owners: dict[str, Any] = {}
         self.connections: set[_MapperServerProtocol] = set()
+        self._idle: list[defer.Deferred[None]] = []
 
     def buildProtocol(self, addr: Any) -> _MapperServerProtocol:
         return _MapperServerProtocol(self)
 
-    def disconnect_all(self) -> None:
-        """Drop every connection, so their nodes find the next mapper."""
+    def disconnect_all(self) -> defer.Deferred[None]:
+        """Drop every connection, so their nodes find the next mapper; fires once all are gone."""
+        if not self.connections:
+            return defer.succeed(None)
+        d: defer.Deferred[None] = defer.Deferred()
+        self._idle.append(d)
         for connection in list(self.connections):
-            connection.transport.loseConnection()
+            connection.transport.abortConnection()
+        return d
 
     def _register(self, name: str, port: int, owner: Any) -> str:
         if name in self._owners and self._owners[name] is not owner:
@@ -138,16 +149,26 @@ class MapperClient:
 
     :param reactor: the reactor.
     :param port: the mapper port on 127.0.0.1.
+    :param timeout: seconds to wait for the mapper's answer to a request.
     """
 
-    def __init__(self, reactor: Any, port: int) -> None:
+    def __init__(self, reactor: Any, port: int, timeout: float = 5.0) -> None:
         self.reactor = reactor
         self.port = port
+        self.timeout = timeout
         self.serving: PortMapper | None = None
         self._listening: Any = None
         self._connection: _MapperClientProtocol | None = None
         self._registration: tuple[str, int] | None = None
         self._stopped = False
+        self._sleeping: set[defer.Deferred[None]] = set()
+        self._lookups: set[_MapperClientProtocol] = set()
+
+    def _sleep(self, seconds: float) -> defer.Deferred[None]:
+        """A pause that :meth:`stop` cancels (it then fails with CancelledError)."""
+        d = _sleep(self.reactor, seconds)
+        self._sleeping.add(d)
+        return d.addBoth(lambda r: self._sleeping.discard(d) or r)
 
     def _connect(self) -> defer.Deferred[_MapperClientProtocol]:
         endpoint = TCP4ClientEndpoint(self.reactor, "127.0.0.1", self.port, timeout=5)
@@ -164,6 +185,7 @@ class MapperClient:
         :raises ValueError: when a live node already holds ``name``.
         """
         self._registration = (name, port)
+        lost = 0
         while not self._stopped:
             try:
                 connection = yield self._connect()
@@ -172,9 +194,40 @@ class MapperClient:
                     yield self._serve()
                 except error.CannotListenError:
                     # Another node won the race to serve; try it.
-                    yield _sleep(self.reactor, random.uniform(0.01, 0.1))
+                    try:
+                        yield self._sleep(random.uniform(0.01, 0.1))
+                    except defer.CancelledError:
+                        return None
                 continue
-            answer = yield connection.request(f"REGISTER {name} {port}")
+            self._lookups.add(connection)
+            try:
+                answer = yield connection.request(f"REGISTER {name} {port}").addTimeout(self.timeout, self.reactor)
+            except (error.ConnectionLost, error.ConnectionDone):
+                # That mapper was on its way out (stopping, or we were
+                # accepted by its backlog just before it closed); find the
+                # next, unless whatever is there keeps hanging up on us.
+                lost += 1
+                if lost > 20:
+                    raise RuntimeError(
+                        f"something listens on the port mapper's port 127.0.0.1:{self.port} "
+                        "but hangs up on us (choose another with PHOENIX_EPMD_PORT)"
+                    ) from None
+                try:
+                    yield self._sleep(random.uniform(0.01, 0.1))
+                except defer.CancelledError:
+                    return None
+                continue
+            except defer.TimeoutError:
+                connection.transport.abortConnection()
+                raise RuntimeError(
+                    f"something listens on the port mapper's port 127.0.0.1:{self.port} "
+                    "but does not answer as one (choose another with PHOENIX_EPMD_PORT)"
+                ) from None
+            finally:
+                self._lookups.discard(connection)
+            if self._stopped:
+                connection.transport.loseConnection()
+                return None
             if answer != "OK":
                 connection.transport.loseConnection()
                 raise ValueError(f"the node name {name!r} is already registered on this host")
@@ -187,9 +240,14 @@ class MapperClient:
         if self._stopped or self._registration is None:
             return
         log.info("The port mapper went away; registering again")
-        d = _sleep(self.reactor, random.uniform(0.0, 0.2))
+        d = self._sleep(random.uniform(0.0, 0.2))
         d.addCallback(lambda _: self.register(*self._registration))  # type: ignore[misc]
-        d.addErrback(lambda f: log.failure("Could not register with the port mapper", f))
+
+        def failed(failure: Any) -> None:
+            if not failure.check(defer.CancelledError):
+                log.failure("Could not register with the port mapper", failure)
+
+        d.addErrback(failed)
 
     @defer.inlineCallbacks
     def _serve(self) -> Any:
@@ -200,6 +258,14 @@ class MapperClient:
         except error.CannotListenError:
             self.serving = None
             raise
+        except OSError as e:
+            self.serving = None
+            if e.errno != errno.EADDRINUSE:
+                raise
+            # Twisted wraps a failed bind() in CannotListenError, not a
+            # failed listen(): with SO_REUSEADDR two nodes racing to serve
+            # can both bind the port, and the loser's listen() fails.
+            raise error.CannotListenError("127.0.0.1", self.port, e) from None
         log.info("Serving the port mapper on 127.0.0.1:{port}", port=self.port)
 
     @defer.inlineCallbacks
@@ -209,9 +275,13 @@ class MapperClient:
             connection = yield self._connect()
         except error.ConnectError:
             return None
+        self._lookups.add(connection)
         try:
-            answer = yield connection.request(f"LOOKUP {name}")
+            answer = yield connection.request(f"LOOKUP {name}").addTimeout(self.timeout, self.reactor)
+        except (error.ConnectionLost, error.ConnectionDone, defer.TimeoutError):
+            return None  # the mapper went away meanwhile, or is not one: as good as not found
         finally:
+            self._lookups.discard(connection)
             connection.transport.loseConnection()
         if answer.startswith("PORT "):
             return int(answer[5:])
@@ -220,17 +290,36 @@ class MapperClient:
     def stop(self) -> defer.Deferred[Any]:
         """Unregister and stop serving the mapper; fires when closed."""
         self._stopped = True
+        for sleep in list(self._sleeping):
+            sleep.cancel()
         waits = []
+        connections = list(self._lookups)
         if self._connection is not None:
-            waits.append(self._connection.lost)
-            self._connection.transport.loseConnection()
+            connections.append(self._connection)
+        for connection in connections:
+            waits.append(_lost(connection))
+            connection.transport.abortConnection()
         if self._listening is not None:
             waits.append(defer.maybeDeferred(self._listening.stopListening))
             self._listening = None
         if self.serving is not None:
-            self.serving.disconnect_all()
+            waits.append(self.serving.disconnect_all())
             self.serving = None
         return defer.gatherResults(waits)
+
+
+def _lost(connection: _MapperClientProtocol) -> defer.Deferred[None]:
+    """A Deferred that fires when ``connection`` is gone."""
+    if connection.lost.called:
+        return defer.succeed(None)
+    d: defer.Deferred[None] = defer.Deferred()
+
+    def fire(result: Any) -> Any:
+        d.callback(None)
+        return result
+
+    connection.lost.addBoth(fire)
+    return d
 
 
 def _sleep(reactor: Any, seconds: float) -> defer.Deferred[None]:

@@ -1,0 +1,223 @@
+"""
+Tests for :mod:`twisted_phoenix.console`: the evaluator, and the console
+run as a real child process (``-c`` and piped input) against nodes in this
+process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+from typing import Any
+
+from twisted.internet import defer, reactor
+from twisted.logger import LogLevel
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from twisted_phoenix.console import add_arguments, evaluate
+
+from ._cluster import COOKIE, Collector, ClusterPKI, free_port, run_console, start_node, watch_logs
+
+TIMEOUT = 20.0
+
+
+class EvaluateTests(SynchronousTestCase):
+    """Running console input."""
+
+    def test_expression(self) -> None:
+        """An expression's value is returned."""
+        self.assertEqual(evaluate("1 + 2", {}), 3)
+
+    def test_statements(self) -> None:
+        """Statements run in the namespace and return None."""
+        namespace: dict[str, Any] = {}
+        self.assertIsNone(evaluate("x = 5\ny = x * 2", namespace))
+        self.assertEqual((namespace["x"], namespace["y"]), (5, 10))
+
+    def test_statements_then_expression(self) -> None:
+        """Statements followed by an expression return the expression's value, after the statements."""
+        namespace: dict[str, Any] = {"Node": "n"}
+        self.assertEqual(evaluate("z = [Node]\nz * 2", namespace), ["n", "n"])
+        self.assertEqual(namespace["z"], ["n"])
+
+    def test_compound(self) -> None:
+        """Definitions and loops work, and a call of what they define returns its value."""
+        namespace: dict[str, Any] = {}
+        self.assertEqual(evaluate("def f(a):\n    return a + 1\nf(41)", namespace), 42)
+
+    def test_empty(self) -> None:
+        """Empty input is None."""
+        self.assertIsNone(evaluate("", {}))
+        self.assertIsNone(evaluate("# nothing", {}))
+
+    def test_errors(self) -> None:
+        """Syntax errors and exceptions propagate to the caller."""
+        self.assertRaises(SyntaxError, evaluate, "1 +", {})
+        self.assertRaises(ZeroDivisionError, evaluate, "1 / 0", {})
+        self.assertRaises(NameError, evaluate, "undefined_name", {})
+
+
+class ArgumentsTests(SynchronousTestCase):
+    """The console's command line."""
+
+    def parse(self, *argv: str) -> argparse.Namespace:
+        parser = argparse.ArgumentParser()
+        add_arguments(parser)
+        return parser.parse_args(list(argv))
+
+    def test_options(self) -> None:
+        """--name is given; --connect repeats; -c, --cookie, --epmd-port and TLS files are read."""
+        args = self.parse("--name", "r@127.0.0.1", "--connect", "a@127.0.0.1", "--connect", "b@h=1.2.3.4:5",
+                          "--cookie", "k", "--epmd-port", "5000", "-c", "Node.list()",
+                          "--dist-cert", "c.pem", "--dist-key", "k.pem", "--dist-ca", "ca.pem")
+        self.assertEqual(args.name, "r@127.0.0.1")
+        self.assertEqual(args.connect, ["a@127.0.0.1", "b@h=1.2.3.4:5"])
+        self.assertEqual((args.cookie, args.epmd_port, args.code), ("k", 5000, "Node.list()"))
+        self.assertEqual((args.dist_cert, args.dist_key, args.dist_ca), ("c.pem", "k.pem", "ca.pem"))
+
+    def test_defaults(self) -> None:
+        """Without options: no connections, the demo endpoint, cookie and mapper port from the environment."""
+        args = self.parse("--name", "r@127.0.0.1")
+        self.assertEqual(args.connect, [])
+        self.assertEqual(args.endpoint, "twisted_phoenix.examples.hello_sockets:Endpoint")
+        self.assertIsNone(args.cookie)
+        self.assertIsNone(args.epmd_port)
+        self.assertIsNone(args.code)
+
+    def test_name_required(self) -> None:
+        """--name is required."""
+        parser = argparse.ArgumentParser()
+        add_arguments(parser)
+        parser.error = lambda message: (_ for _ in ()).throw(ValueError(message))  # type: ignore[method-assign]
+        self.assertRaises(ValueError, parser.parse_args, [])
+
+
+class ConsoleProcessTests(TestCase):
+    """The console as a child process, against a node in this process."""
+
+    def setUp(self) -> None:
+        self.mapper_port = free_port()
+        self.env = {"PHOENIX_COOKIE": COOKIE, "PHOENIX_EPMD_PORT": None}
+        self.logs = watch_logs(self, reactor)
+
+    def console(self, *args: str, stdin: bytes | None = None, **env: Any) -> defer.Deferred[Any]:
+        return run_console(
+            self, reactor, "--epmd-port", str(self.mapper_port), *args, env={**self.env, **env}, stdin=stdin,
+            timeout=TIMEOUT,
+        )
+
+    def node(self, name: str = "app", **options: Any) -> defer.Deferred[Any]:
+        return start_node(self, reactor, f"{name}@127.0.0.1", mapper_port=self.mapper_port, **options)
+
+    def assertOutput(self, run: Any, lines: list[str], exit_code: int = 0) -> None:
+        self.assertEqual(run.exit_code, exit_code, run.output())
+        self.assertEqual(run.stdout.decode().splitlines(), lines, run.output())
+
+    @defer.inlineCallbacks
+    def test_command(self) -> None:
+        """-c runs the code, prints its value's repr and exits 0; None prints nothing."""
+        run = yield self.console("--name", "c@127.0.0.1", "-c", "(Node.self(), Node.list())")
+        self.assertOutput(run, ["('c@127.0.0.1', [])"])
+        run = yield self.console("--name", "c@127.0.0.1", "-c", "x = 1")
+        self.assertOutput(run, [])
+
+    @defer.inlineCallbacks
+    def test_command_error(self) -> None:
+        """-c code that raises prints the traceback and exits 1."""
+        run = yield self.console("--name", "c@127.0.0.1", "-c", "1 / 0")
+        self.assertOutput(run, [], exit_code=1)
+        self.assertIn(b"ZeroDivisionError", run.stderr)
+
+    @defer.inlineCallbacks
+    def test_connect_and_broadcast(self) -> None:
+        """--connect links to a node; Endpoint.broadcast reaches its subscribers; the console leaves cleanly."""
+        app = yield self.node()
+        got = Collector(reactor, app.pubsub, "room")
+        run = yield self.console(
+            "--name", "c@127.0.0.1", "--connect", app.name,
+            "-c", "Endpoint.broadcast('room', 'hello', {'from': Node.self()}); Node.list()",
+        )
+        self.assertOutput(run, ["['app@127.0.0.1']"])
+        self.assertEqual([b.payload for b in (yield got.wait_for(1, TIMEOUT))], [{"from": "c@127.0.0.1"}])
+        yield self.logs.wait_for("Node c@127.0.0.1 left", TIMEOUT)
+        self.assertEqual(self.logs.find("Node c@127.0.0.1 is down"), [])
+        self.assertEqual(app.list(), [])
+
+    @defer.inlineCallbacks
+    def test_deferred_result(self) -> None:
+        """A Deferred result is waited for and its result printed."""
+        app = yield self.node()
+        run = yield self.console("--name", "c@127.0.0.1", "-c", f"Node.connect({app.name!r})")
+        self.assertOutput(run, ["True"])
+        run = yield self.console("--name", "c@127.0.0.1", "-c", "Node.connect('nobody@127.0.0.1')")
+        self.assertOutput(run, ["False"])
+
+    @defer.inlineCallbacks
+    def test_cannot_connect(self) -> None:
+        """A --connect that fails is reported on stderr; the code still runs."""
+        run = yield self.console("--name", "c@127.0.0.1", "--connect", "nobody@127.0.0.1", "-c", "Node.list()")
+        self.assertOutput(run, ["[]"])
+        self.assertIn(b"could not connect to nobody@127.0.0.1", run.stderr)
+
+    @defer.inlineCallbacks
+    def test_wrong_cookie(self) -> None:
+        """A console with another cookie cannot connect, and the node logs the refusal."""
+        app = yield self.node()
+        run = yield self.console("--name", "c@127.0.0.1", "--cookie", "wrong", "--connect", app.name,
+                                 "-c", "Node.list()")
+        self.assertOutput(run, ["[]"])
+        self.assertIn(b"could not connect to app@127.0.0.1", run.stderr)
+        self.assertTrue(self.logs.find("Refused node c@127.0.0.1 from", LogLevel.error))
+        self.assertEqual(app.list(), [])
+
+    @defer.inlineCallbacks
+    def test_name_taken(self) -> None:
+        """A console cannot take the name of a live node: it says why and exits 1."""
+        app = yield self.node()
+        run = yield self.console("--name", app.name, "-c", "Node.list()")
+        self.assertOutput(run, [], exit_code=1)
+        self.assertIn(b"already registered", run.stderr)
+
+    @defer.inlineCallbacks
+    def test_piped(self) -> None:
+        """Piped statements run in turn, Deferreds awaited in order; errors are shown and input goes on."""
+        app = yield self.node()
+        stdin = (
+            b"Node.list()\n"
+            b"Node.connect('app@127.0.0.1')\n"
+            b"def names():\n"
+            b"    return [n.upper() for n in Node.list()]\n"
+            b"\n"
+            b"names()\n"
+            b"1 / 0\n"
+            b"this is ) not python\n"
+            b"Node.self()\n"
+        )
+        run = yield self.console("--name", "c@127.0.0.1", stdin=stdin)
+        self.assertOutput(run, ["[]", "True", "['APP@127.0.0.1']", "'c@127.0.0.1'"])
+        self.assertIn(b"ZeroDivisionError", run.stderr)
+        self.assertIn(b"SyntaxError", run.stderr)
+        yield self.logs.wait_for("Node c@127.0.0.1 left", TIMEOUT)
+
+    @defer.inlineCallbacks
+    def test_piped_unterminated(self) -> None:
+        """A last statement without a newline, or a block left open at EOF, still runs."""
+        run = yield self.console("--name", "c@127.0.0.1", stdin=b"for i in range(2):\n    print(i)")
+        self.assertOutput(run, ["0", "1"])
+        run = yield self.console("--name", "c@127.0.0.1", stdin=b"Node.self()")
+        self.assertOutput(run, ["'c@127.0.0.1'"])
+
+    @defer.inlineCallbacks
+    def test_tls(self) -> None:
+        """With --dist-cert/--dist-key/--dist-ca the console links over TLS to a TLS node."""
+        directory = tempfile.mkdtemp(prefix="console-pki-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        pki = ClusterPKI(directory)
+        app = yield self.node(tls=pki.tls("app"))
+        cert, key = pki.issue("c")
+        run = yield self.console("--name", "c@127.0.0.1", "--connect", app.name, "--dist-cert", cert,
+                                 "--dist-key", key, "--dist-ca", pki.ca_path, "-c", "Node.list()")
+        self.assertOutput(run, ["['app@127.0.0.1']"])
+        run = yield self.console("--name", "d@127.0.0.1", "--connect", app.name, "-c", "Node.list()")
+        self.assertOutput(run, ["[]"])
