@@ -79,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
     from .pubsub import PubSub
     from .tap import load_endpoint_class
 
+    _log_problems()
     env = resolve_env(args.env)
     endpoint_class = load_endpoint_class(args.endpoint)
     pubsub = PubSub(args.name)
@@ -118,6 +119,21 @@ def run(args: argparse.Namespace) -> int:
     reactor.callWhenRunning(start)
     reactor.run()
     return status[0]
+
+
+def _log_problems() -> None:
+    """Warnings and errors (why a connect failed, say) go to standard error."""
+    from twisted.logger import (
+        FilteringLogObserver,
+        LogLevel,
+        LogLevelFilterPredicate,
+        globalLogBeginner,
+        textFileLogObserver,
+    )
+
+    predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)
+    observer = FilteringLogObserver(textFileLogObserver(sys.stderr), [predicate])
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
 
 
 @defer.inlineCallbacks
