@@ -23,6 +23,8 @@ from twisted_phoenix.examples.hello_sockets import HelloSocketsEndpoint
 from twisted_phoenix.message import Broadcast
 from twisted_phoenix.pubsub import CallbackSubscriber, PubSub
 
+from ._client import LogCapture
+
 __all__ = [
     "COOKIE",
     "Collector",
@@ -84,12 +86,12 @@ def wait_until(
     return d
 
 
-class LogWatcher:
+class LogWatcher(LogCapture):
     """The log events emitted while a test runs, and waiters for messages."""
 
     def __init__(self, reactor: Any) -> None:
+        super().__init__()
         self.reactor = reactor
-        self.events: list[dict[str, Any]] = []
         self._waiters: list[tuple[Callable[[str, dict[str, Any]], bool], defer.Deferred[str]]] = []
 
     def __call__(self, event: dict[str, Any]) -> None:
@@ -101,20 +103,6 @@ class LogWatcher:
                 self._waiters.remove(entry)
                 # Fire on the next turn: not from inside the code that logs.
                 self.reactor.callLater(0, lambda d=d, text=text: d.called or d.callback(text))
-
-    def messages(self, level: LogLevel | None = None) -> list[str]:
-        """The formatted messages, at ``level`` or above when given."""
-        out = []
-        for event in self.events:
-            event_level = event.get("log_level")
-            if level is not None and (event_level is None or event_level < level):
-                continue
-            out.append(formatEvent(event) or "")
-        return out
-
-    def find(self, text: str, level: LogLevel | None = None) -> list[str]:
-        """The messages (at ``level`` or above) containing ``text``."""
-        return [m for m in self.messages(level) if text in m]
 
     def wait_for(self, text: str, timeout: float = 10.0, level: LogLevel | None = None) -> defer.Deferred[str]:
         """
@@ -331,9 +319,7 @@ def run_console(
     ``timeout`` seconds (the Deferred then fails with its output) and in
     ``testcase``'s cleanup.
     """
-    from twisted.python.failure import Failure
-
-    from ._server import REPO_ROOT, ChildFailed, _clean_env, _spawn
+    from ._server import REPO_ROOT, _clean_env, _spawn, wait_ended
 
     child_env = _clean_env(env)
     child_env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO_ROOT, os.environ.get("PYTHONPATH", "")) if p)
@@ -343,17 +329,7 @@ def run_console(
     if stdin is not None:
         child.transport.write(stdin)
     child.transport.closeStdin()
-    d: defer.Deferred[Any] = defer.Deferred()
-    child.wait_ended().addCallback(lambda _: None if d.called else d.callback(child))
-    d.addTimeout(timeout, reactor)
-
-    def timed_out(failure: Failure) -> defer.Deferred[Any]:
-        failure.trap(defer.TimeoutError, defer.CancelledError)
-        return child.stop(2.0).addBoth(
-            lambda _: Failure(ChildFailed(f"{name} still running after {timeout} s\n{child.output()}"))
-        )
-
-    return d.addErrback(timed_out)
+    return wait_ended(child, timeout, reactor)
 
 
 class RelayEndpoint(HelloSocketsEndpoint):
