@@ -111,6 +111,8 @@ class PhoenixServerProtocol(WebSocketServerProtocol):
     #: Set while Twisted says the socket's send buffer is full.
     _paused = False
     _paused_bytes = 0
+    #: Frames waiting for the end of this reactor turn.
+    _queued: list[bytes] | None = None
 
     # -- handshake ---------------------------------------------------------------
 
@@ -296,19 +298,41 @@ class PhoenixServerProtocol(WebSocketServerProtocol):
     # -- Connection ------------------------------------------------------------------
 
     def send_frame(self, frame: Frame) -> None:
-        """Write ``frame``; framed once however many connections it goes to."""
+        """
+        Queue ``frame`` (framed once however many connections it goes to);
+        everything queued in one reactor turn goes out in one write.
+        """
         if self.state != self.STATE_OPEN:
             return
         wire = frame.wire
         if wire is None:
             wire = frame.wire = ws_frame(frame.data, frame.binary)
+        queued = self._queued
+        if queued is None:
+            self._queued = [wire]
+            self.factory.flusher.dirty(self)
+        else:
+            queued.append(wire)
+
+    def flush(self) -> None:
+        """Write what :meth:`send_frame` queued."""
+        queued = self._queued
+        if queued is None:
+            return
+        self._queued = None
         if self._paused:
             # The client is not reading: bound what waits for it.
-            self._paused_bytes += len(wire)
+            self._paused_bytes += sum(map(len, queued))
             if self._paused_bytes > self.factory.endpoint.max_send_buffer:
                 self._drop_slow_client()
                 return
-        self.transport.write(wire)
+        self.transport.writeSequence(queued)
+
+    def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
+        # Autobahn's own frames (close, pong) go after what we queued.
+        if self._queued is not None:
+            self.flush()
+        super().sendData(data, sync, chopsize)
 
     def _drop_slow_client(self) -> None:
         self.log.warn(
@@ -361,6 +385,7 @@ class PhoenixServerFactory(WebSocketServerFactory):
         self._batched_timer = _ReactorTimer(endpoint.reactor)
         #: The open connections, for the idle timeout.
         self.idle = IdleSweeper(endpoint.reactor, socket_class.timeout)
+        self.flusher = Flusher(endpoint.reactor)
         self.setProtocolOptions(
             # Fail with a close frame (1007, 1009, 1002), not a bare TCP drop.
             failByDrop=False,
@@ -372,6 +397,30 @@ class PhoenixServerFactory(WebSocketServerFactory):
             openHandshakeTimeout=endpoint.handshake_timeout,
             closeHandshakeTimeout=endpoint.close_timeout,
         )
+
+
+class Flusher:
+    """
+    Writes, once per reactor turn, what each connection queued during the
+    turn: a burst of broadcasts costs each subscriber one write, not one per
+    frame.
+    """
+
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+        self._dirty: list[PhoenixServerProtocol] = []
+
+    def dirty(self, connection: PhoenixServerProtocol) -> None:
+        """``connection`` has frames queued: flush it at the end of this turn."""
+        if not self._dirty:
+            self.reactor.callLater(0, self.flush)
+        self._dirty.append(connection)
+
+    def flush(self) -> None:
+        """Write every queued frame."""
+        dirty, self._dirty = self._dirty, []
+        for connection in dirty:
+            connection.flush()
 
 
 class IdleSweeper:
