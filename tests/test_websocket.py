@@ -228,6 +228,23 @@ class BroadcastTests(_Served, TestCase):
         self.assertEqual((yield second.next_frame()), expected)
 
     @inlineCallbacks
+    def test_burstIsOneWrite(self) -> None:
+        """Broadcasts made in one reactor turn reach a subscriber in order, in one socket write."""
+        client = yield self.connect()
+        yield client.join_and_ping("ping:burst", "3")
+        writes: list[list[bytes]] = []
+        [subscriber] = self.endpoint.pubsub.subscribers("ping:burst")
+        connection = subscriber.fastlane
+        original = connection.transport.writeSequence
+        connection.transport.writeSequence = lambda seq: (writes.append(list(seq)), original(seq))
+        for n in range(10):
+            self.endpoint.broadcast("ping:burst", "tick", {"n": n})
+        for n in range(10):
+            self.assertEqual((yield client.next_json()), [None, None, "ping:burst", "tick", {"n": n}])
+        self.assertEqual(len(writes), 1)
+        self.assertEqual(len(writes[0]), 10)
+
+    @inlineCallbacks
     def test_endpointBroadcast(self) -> None:
         """Endpoint.broadcast from server code reaches a joined client."""
         client = yield self.connect()
