@@ -79,7 +79,6 @@ def run(args: argparse.Namespace) -> int:
     from .pubsub import PubSub
     from .tap import load_endpoint_class
 
-    _log_problems()
     env = resolve_env(args.env)
     endpoint_class = load_endpoint_class(args.endpoint)
     pubsub = PubSub(args.name)
@@ -116,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
             status[0] = 1
             yield _shutdown(node, reactor)
 
+    _log_problems()
     reactor.callWhenRunning(start)
     reactor.run()
     return status[0]
@@ -127,13 +127,15 @@ def _log_problems() -> None:
         FilteringLogObserver,
         LogLevel,
         LogLevelFilterPredicate,
-        globalLogBeginner,
+        globalLogPublisher,
         textFileLogObserver,
     )
 
     predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)
     observer = FilteringLogObserver(textFileLogObserver(sys.stderr), [predicate])
-    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+    # Added to the publisher, not begun: beginning would replay the events
+    # buffered before (whatever the process logged until now).
+    globalLogPublisher.addObserver(observer)
 
 
 @defer.inlineCallbacks
