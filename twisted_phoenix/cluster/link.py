@@ -136,6 +136,11 @@ class Link:
         self._heartbeat.clock = node.reactor
         transport = remote.broker.transport
         transport.registerProducer(self, True)
+        # Small messages (broadcasts, heartbeats) must not wait for Nagle's
+        # algorithm: with it, the benchmark's added p99 was ~30 ms.
+        set_no_delay = getattr(transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            set_no_delay(True)
         remote.broker.notifyOnDisconnect(self._disconnected)
 
     def __repr__(self) -> str:
