@@ -221,3 +221,37 @@ class ConsoleProcessTests(TestCase):
         self.assertOutput(run, ["['app@127.0.0.1']"])
         run = yield self.console("--name", "d@127.0.0.1", "--connect", app.name, "-c", "Node.list()")
         self.assertOutput(run, ["[]"])
+
+
+class InteractiveConsoleTests(TestCase):
+    """The console on a terminal: Twisted's manhole, with the reactor running."""
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_manhole(self) -> None:
+        """On a pty, typed statements run; a Deferred's result is shown when it fires; ^D leaves cleanly."""
+        import os
+        import sys
+
+        from ._cluster import CONSOLE_PROGRAM
+        from ._server import REPO_ROOT, _clean_env, _spawn, wait_ended
+
+        mapper_port = free_port()
+        node = yield start_node(self, reactor, "app@127.0.0.1", mapper_port=mapper_port)
+        env = _clean_env({"PHOENIX_COOKIE": COOKIE, "PHOENIX_EPMD_PORT": None, "PYTHONUNBUFFERED": "1"})
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO_ROOT, os.environ.get("PYTHONPATH", "")) if p)
+        argv = [sys.executable, "-c", CONSOLE_PROGRAM, "--name", "tty@127.0.0.1", "--epmd-port", str(mapper_port)]
+        child = _spawn(reactor, "console", argv, env, path=REPO_ROOT, use_pty=True)
+        self.addCleanup(child.stop, 2.0)
+        yield child.wait_for_output(lambda out: ">>> " in out, TIMEOUT, "the prompt")
+        child.transport.write(b'Node.connect("app@127.0.0.1")\r')
+        yield child.wait_for_output(lambda out: "True" in out, TIMEOUT, "the Deferred's result")
+        self.assertEqual(node.list(), ["tty@127.0.0.1"])
+        child.transport.write(b"sorted(Node.list() + [Node.self()])\r")
+        yield child.wait_for_output(
+            lambda out: "['app@127.0.0.1', 'tty@127.0.0.1']" in out, TIMEOUT, "the list"
+        )
+        child.transport.write(b"\x04")  # ^D on an empty line
+        yield wait_ended(child, TIMEOUT)
+        self.assertEqual(child.exit_code, 0, child.output())
