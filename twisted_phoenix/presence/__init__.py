@@ -27,6 +27,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable
 
+from twisted.logger import Logger
+
 from .tracker import Diff, Tracker
 
 if TYPE_CHECKING:
@@ -36,6 +38,8 @@ if TYPE_CHECKING:
 __all__ = ["AlreadyTracked", "Presence", "Tracker"]
 
 Presences = dict[str, dict[str, list[dict[str, Any]]]]
+
+log = Logger()
 
 
 class AlreadyTracked(Exception):
@@ -56,6 +60,8 @@ class Presence:
         self.tracker = Tracker(endpoint.reactor, endpoint.pubsub, self._diff, **options)
         self._owners: dict[int, str] = {}
         self._next_owner = 0
+        #: Diffs made this reactor turn, sent on the next one.
+        self._pending_diffs: list[Diff] = []
 
     def start(self) -> None:
         """Start replicating (called by the endpoint's service)."""
@@ -164,7 +170,20 @@ class Presence:
     def _diff(self, diff: Diff) -> None:
         # As in Phoenix, diffs go out asynchronously (in order): a channel
         # that tracks and then pushes presence_state sends the state first.
-        self.endpoint.reactor.callLater(0, self._send_diff, diff)
+        # One timer for all the diffs of a turn: a timer per diff cost as
+        # much as the rest of a track (docs/benchmarks.rst, "Presence replication").
+        self._pending_diffs.append(diff)
+        if len(self._pending_diffs) == 1:
+            self.endpoint.reactor.callLater(0, self._send_diffs)
+
+    def _send_diffs(self) -> None:
+        # Diffs made while these go out wait for the next turn, as before.
+        diffs, self._pending_diffs = self._pending_diffs, []
+        for diff in diffs:
+            try:
+                self._send_diff(diff)
+            except Exception:
+                log.failure("Sending a presence diff failed")
 
     def _send_diff(self, diff: Diff) -> None:
         for topic, (joins, leaves) in diff.items():

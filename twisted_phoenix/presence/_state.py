@@ -120,6 +120,10 @@ class State:
         self.gone: set[str] = set()
         self._by_topic: dict[str, set[Dot]] = {}
         self._by_owner: dict[str, set[Dot]] = {}
+        #: The highest dot added per replica, and the replicas whose entries
+        #: were not all added in the order of their dots (see merge).
+        self._last_added: dict[str, int] = {}
+        self._unordered: set[str] = set()
         self._delta = Fragment()
 
     # -- local changes ---------------------------------------------------------
@@ -225,7 +229,20 @@ class State:
             self._add(dot, entry)
             if dot[0] not in self.down:
                 joins.append((dot, entry))
-        for dot in [d for d in self.values if d[0] != self.replica and fragment.seen(d)]:
+        values = self.values
+        seen: list[Dot] | None = None
+        if not fragment.context:
+            # A delta has seen only the dots of its cloud: look at those, not
+            # at every entry, so that a delta costs what it holds rather than
+            # the size of the state.  Sorted, they are in the order the loop
+            # below would find them in, as long as they are of one replica
+            # whose entries were added here in the order of their dots.
+            seen = sorted(d for d in fragment.cloud if d in values and d[0] != self.replica)
+            if seen and (seen[0][0] != seen[-1][0] or seen[0][0] in self._unordered):
+                seen = None
+        if seen is None:
+            seen = [d for d in values if d[0] != self.replica and fragment.seen(d)]
+        for dot in seen:
             if dot not in fragment.values:
                 entry = self._remove(dot)
                 if dot[0] not in self.down:
@@ -238,15 +255,20 @@ class State:
         return joins, leaves
 
     def _compact(self) -> None:
+        # Advance each replica's clock over the dots that follow it without
+        # a gap, then drop every dot the clocks cover: a set lookup per dot,
+        # no sort (a delta's cloud holds a dot per change).
+        cloud = self.cloud
+        if not cloud:
+            return
         context = self.context
-        for dot in sorted(self.cloud):
-            replica, n = dot
-            have = context.get(replica, 0)
-            if n <= have:
-                self.cloud.discard(dot)
-            elif n == have + 1:
+        for replica in {r for r, _ in cloud}:
+            have = n = context.get(replica, 0)
+            while (replica, n + 1) in cloud:
+                n += 1
+            if n != have:
                 context[replica] = n
-                self.cloud.discard(dot)
+        self.cloud = {d for d in cloud if d[1] > context.get(d[0], 0)}
 
     # -- replicas ----------------------------------------------------------------
 
@@ -276,6 +298,8 @@ class State:
         self.gone.add(replica)
         self.down.discard(replica)
         self.context.pop(replica, None)
+        self._last_added.pop(replica, None)
+        self._unordered.discard(replica)
         self.cloud = {d for d in self.cloud if d[0] != replica}
         return removed if visible else []
 
@@ -290,6 +314,11 @@ class State:
     # -- indexes -------------------------------------------------------------------
 
     def _add(self, dot: Dot, entry: Entry) -> None:
+        replica, n = dot
+        if n < self._last_added.get(replica, 0):
+            self._unordered.add(replica)
+        else:
+            self._last_added[replica] = n
         self.values[dot] = entry
         self._by_topic.setdefault(entry.topic, set()).add(dot)
         self._by_owner.setdefault(entry.owner, set()).add(dot)

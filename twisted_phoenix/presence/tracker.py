@@ -309,9 +309,15 @@ class Tracker:
     def _report(self, joins: list[tuple[Dot, Entry]], leaves: list[tuple[Dot, Entry]]) -> None:
         diff: Diff = {}
         for index, entries in ((0, joins), (1, leaves)):
-            for _, entry in entries:
-                side = diff.setdefault(entry.topic, ({}, {}))[index]
-                side.setdefault(entry.key, []).append(entry.meta)
+            for _, (topic, _owner, key, meta) in entries:
+                sides = diff.get(topic)
+                if sides is None:
+                    sides = diff[topic] = ({}, {})
+                metas = sides[index].get(key)
+                if metas is None:
+                    sides[index][key] = [meta]
+                else:
+                    metas.append(meta)
         if diff:
             try:
                 self.on_diff(diff)
