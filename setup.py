@@ -40,6 +40,19 @@ setup(
             "sphinx",
         ],
         "docs": ["sphinx"],
+        # The benchmarks' peers, profiler and plot (python -m benchmarks all;
+        # benchmarks/README.rst).  Never needed by the package itself; the
+        # Channels peer also needs a redis-server (Debian: redis-server).
+        "bench": [
+            "py-spy",
+            "matplotlib",
+            "websockets>=14",
+            "python-socketio>=5,<6",
+            "aiohttp",
+            "daphne>=4",
+            "channels>=4,<5",
+            "channels_redis>=4",
+        ],
     },
     entry_points={"console_scripts": ["twisted-phoenix = twisted_phoenix.cli:main"]},
     classifiers=[

@@ -1,5 +1,5 @@
 """
-``python -m benchmarks [fanout] [options]``: run a benchmark and print its table.
+``python -m benchmarks [fanout|cluster|presence|sweep|roundtrip|memory|joinstorm|all] [options]``: run a benchmark and print its table.
 
 See ``benchmarks/README.rst``.
 """
@@ -10,9 +10,9 @@ import argparse
 import signal
 import sys
 
-from benchmarks import fanout
+from benchmarks import cluster, fanout, presence, suite
 
-WORKLOADS = ("fanout",)
+WORKLOADS = ("fanout", "cluster", "presence", *suite.COMMANDS)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,7 +59,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--json", dest="json_path", help="also write every run's figures to this file")
     p.add_argument("--logdir", default="", help="keep the children's stderr (and profiles) here")
+    _add_cluster_parser(sub)
+    presence.add_parser(sub)
+    suite.add_parsers(sub)
     args = parser.parse_args(argv)
+    if args.workload in suite.COMMANDS:
+        return suite.run(parser, args)
+    if args.workload == "cluster":
+        return _run_cluster(parser, args)
+    if args.workload == "presence":
+        return presence.main(parser, args)
 
     servers = tuple(s.strip() for s in args.servers.split(",") if s.strip())
     profile_servers = tuple(s.strip() for s in args.profile_servers.split(",") if s.strip())
@@ -88,6 +97,74 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         fanout.run_fanout(opts)
+    except KeyboardInterrupt:
+        print("\ninterrupted; every child process was killed", file=sys.stderr)
+        return 130
+    except fanout.BenchmarkError as e:
+        print(f"\nbenchmark failed: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _add_cluster_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "cluster",
+        help="deliveries/s and added latency of a broadcast through a 3-node cluster vs one node",
+        description=cluster.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--clients", type=int, default=4000, help="subscribers for the throughput (4000)")
+    p.add_argument("--broadcasts", type=int, default=100, help="broadcasts for the throughput, back to back (100)")
+    p.add_argument("--runs", type=int, default=3, help="runs of every workload, interleaved (3)")
+    p.add_argument(
+        "--workloads",
+        default="single,cluster",
+        help="comma-separated, from: " + ", ".join(cluster.WORKLOADS) + " (single,cluster)",
+    )
+    p.add_argument("--message-bytes", type=int, default=100, help="bytes of each broadcast's JSON text (100)")
+    p.add_argument("--latency-clients", type=int, default=40, help="subscribers for the latency (40)")
+    p.add_argument("--latency-broadcasts", type=int, default=500, help="broadcasts for the latency (500)")
+    p.add_argument("--latency-interval", type=float, default=5.0, help="ms between latency broadcasts (5)")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds allowed for connecting, and for a fan-out (120)")
+    p.add_argument("--concurrency", type=int, default=200, help="connection attempts in flight (200)")
+    p.add_argument(
+        "--profile",
+        choices=("none", "cprofile", "py-spy"),
+        default="none",
+        help="after the runs, one more cluster run with the receiving node A and the sending node T "
+        "profiled during its throughput and latency phases",
+    )
+    p.add_argument("--profile-top", type=int, default=25, help="profile entries to print (25)")
+    p.add_argument("--json", dest="json_path", help="also write every run's figures to this file")
+    p.add_argument("--logdir", default="", help="keep the children's stderr (and profiles) here")
+
+
+def _run_cluster(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    if min(args.clients, args.broadcasts, args.runs, args.latency_clients, args.latency_broadcasts) < 1:
+        parser.error("counts must be positive")
+    workloads = tuple(w.strip() for w in args.workloads.split(",") if w.strip())
+    unknown = [w for w in workloads if w not in cluster.WORKLOADS]
+    if unknown or not workloads:
+        parser.error(f"unknown workload(s): {', '.join(unknown) or '(none)'}")
+    opts = cluster.Options(
+        clients=args.clients,
+        broadcasts=args.broadcasts,
+        runs=args.runs,
+        workloads=workloads,
+        message_bytes=args.message_bytes,
+        latency_clients=args.latency_clients,
+        latency_broadcasts=args.latency_broadcasts,
+        latency_interval=args.latency_interval,
+        timeout=args.timeout,
+        concurrency=args.concurrency,
+        profile=args.profile,
+        profile_top=args.profile_top,
+        json_path=args.json_path,
+        logdir=args.logdir,
+    )
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        cluster.run_cluster(opts)
     except KeyboardInterrupt:
         print("\ninterrupted; every child process was killed", file=sys.stderr)
         return 130
