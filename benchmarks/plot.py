@@ -55,7 +55,7 @@ def plot(results: dict[str, Any], output: str) -> None:
     if not series:
         raise SystemExit("no fan-out (sweep) results in this file")
     order = [name for name in labels if name in series] + [name for name in series if name not in labels]
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
+    fig, ax = plt.subplots(figsize=(8, 5.8), dpi=110)
     for name in order:
         sizes = sorted(series[name])
         med = [statistics.median(series[name][c]) for c in sizes]
@@ -74,15 +74,15 @@ def plot(results: dict[str, Any], output: str) -> None:
     ax.set_ylabel("deliveries/s (median of the runs; bars: min to max)")
     opts = results.get("options", {})
     machine = results.get("machine", {})
-    title = f"Fan-out: {opts.get('broadcasts', '?')} broadcasts of {opts.get('message_bytes', '?')} B"
+    title = f"Fan-out of {opts.get('message_bytes', '?')}-byte broadcasts to one topic"
     if machine:
         title += f" ({machine.get('nproc', '?')} cores, Python {machine.get('python', '?')})"
-    ax.set_title(title)
+    ax.set_title(title, fontsize=11)
     ax.grid(True, which="major", alpha=0.3)
     note = "; ".join(f"{labels.get(k, k)}: n/a ({v})" for k, v in unavailable.items() if k not in series)
     if note:
         fig.text(0.01, 0.01, note, fontsize=7)
-    ax.legend(fontsize=8, loc="best")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=3, frameon=False)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     fig.savefig(output)
