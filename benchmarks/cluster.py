@@ -44,7 +44,6 @@ import collections
 import json
 import os
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -58,11 +57,13 @@ from benchmarks.fanout import (
     JS_DIR,
     BenchmarkError,
     Child,
-    _die_with_parent,
     _env,
     _event,
     _fmt_rate,
     collapsed_report,
+    require_py_spy,
+    start_py_spy,
+    stop_py_spy,
     ensure_node_modules,
     machine_info,
     proc_cpu,
@@ -549,30 +550,17 @@ def profile(opts: Options, how: str) -> None:
                 pstats.Stats(path(key, stage, "prof")).sort_stats("tottime").print_stats(opts.profile_top)
         return
 
-    spy = shutil.which("py-spy")
-    if spy is None:
-        raise BenchmarkError("py-spy is not installed (pip install py-spy)")
+    spy = require_py_spy()
     spies: dict[str, subprocess.Popen[bytes]] = {}
 
     def on_profile(topo: Topology, stage: str, phase: str) -> None:
         if phase == "start":
             for key in roles:
-                spies[key] = subprocess.Popen(
-                    [spy, "record", "--pid", str(topo.nodes[key].pid), "--rate", "500", "--format", "raw",
-                     "--output", path(key, stage, "py-spy.txt"), "--nonblocking"],
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                    preexec_fn=_die_with_parent,
-                )
+                spies[key] = start_py_spy(spy, topo.nodes[key].pid, path(key, stage, "py-spy.txt"))
             time.sleep(1.0)  # let py-spy attach
         else:
             for p in spies.values():
-                p.send_signal(signal.SIGINT)
-            for p in spies.values():
-                try:
-                    p.wait(30)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+                stop_py_spy(p)
 
     r = measure(opts, "cluster", 0, on_profile=on_profile)
     print(f"under py-spy: {_fmt_rate(r.rate)} deliveries/s; latency p50 {_ms(r.latency and r.latency['p50'])}, "

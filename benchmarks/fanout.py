@@ -665,29 +665,16 @@ def profile(opts: Options, spec: Server, how: str) -> None:
         stats.sort_stats("tottime").print_stats(opts.profile_top)
         return
 
-    spy = shutil.which("py-spy")
-    if spy is None:
-        raise BenchmarkError("py-spy is not installed (pip install py-spy)")
+    spy = require_py_spy()
     out = os.path.join(opts.logdir, f"{tag}.py-spy.txt")
     holder: dict[str, subprocess.Popen[bytes]] = {}
 
     def on_profile(server: Child, phase: str) -> None:
         if phase == "start":
-            holder["p"] = subprocess.Popen(
-                [spy, "record", "--pid", str(server.pid), "--rate", "500", "--format", "raw",
-                 "--output", out, "--nonblocking"],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                preexec_fn=_die_with_parent,
-            )
+            holder["p"] = start_py_spy(spy, server.pid, out)
             time.sleep(1.0)  # let py-spy attach
         else:
-            p = holder["p"]
-            p.send_signal(signal.SIGINT)
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
+            stop_py_spy(holder["p"])
 
     r = measure(opts, spec, 0, on_profile=on_profile)
     print(
@@ -695,6 +682,33 @@ def profile(opts: Options, spec: Server, how: str) -> None:
         f"server CPU {r.server_cpu_seconds:.2f} s):"
     )
     print(collapsed_report(out, opts.profile_top))
+
+
+def require_py_spy() -> str:
+    """The py-spy executable; a BenchmarkError when it is not installed."""
+    spy = shutil.which("py-spy")
+    if spy is None:
+        raise BenchmarkError("py-spy is not installed (pip install py-spy)")
+    return spy
+
+
+def start_py_spy(spy: str, pid: int, out: str, rate: int = 500) -> subprocess.Popen[bytes]:
+    """Start sampling process ``pid`` into ``out`` (raw collapsed stacks); give it ~1 s to attach."""
+    return subprocess.Popen(
+        [spy, "record", "--pid", str(pid), "--rate", str(rate), "--format", "raw", "--output", out, "--nonblocking"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=_die_with_parent,
+    )
+
+
+def stop_py_spy(p: subprocess.Popen[bytes]) -> None:
+    """Stop a :func:`start_py_spy` sampler; it writes its output as it exits."""
+    p.send_signal(signal.SIGINT)
+    try:
+        p.wait(30)
+    except subprocess.TimeoutExpired:
+        p.kill()
 
 
 def collapsed_report(path: str, top: int) -> str:

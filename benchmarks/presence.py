@@ -53,9 +53,11 @@ from benchmarks.fanout import (
     ROOT,
     BenchmarkError,
     Child,
-    _die_with_parent,
     _env,
     collapsed_report,
+    require_py_spy,
+    start_py_spy,
+    stop_py_spy,
     proc_cpu,
     rst_table,
 )
@@ -499,9 +501,7 @@ def run_presence(opts: Options) -> list[Result]:
 
 def profile(opts: Options, period: float, how: str) -> None:
     """One more run, every node profiled during each phase; the busiest node's profile is shown."""
-    spy = shutil.which("py-spy") if how == "py-spy" else None
-    if how == "py-spy" and spy is None:
-        raise BenchmarkError("py-spy is not installed (pip install py-spy)")
+    spy = require_py_spy() if how == "py-spy" else ""
     spies: dict[tuple[str, int], subprocess.Popen[bytes]] = {}
 
     def path(phase: str, i: int) -> str:
@@ -515,18 +515,9 @@ def profile(opts: Options, period: float, how: str) -> None:
                 else:
                     _plain(cluster, i, f"profile-stop {path(phase, i)}")
             elif step == "start":
-                spies[(phase, i)] = subprocess.Popen(
-                    [spy, "record", "--pid", str(cluster.children[i].pid), "--rate", "500", "--format", "raw",
-                     "--output", path(phase, i), "--nonblocking"],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent,
-                )
+                spies[(phase, i)] = start_py_spy(spy, cluster.children[i].pid, path(phase, i))
             else:
-                p = spies.pop((phase, i))
-                p.send_signal(signal.SIGINT)
-                try:
-                    p.wait(30)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+                stop_py_spy(spies.pop((phase, i)))
         if how == "py-spy" and step == "start":
             time.sleep(1.0)  # let py-spy attach
 

@@ -43,7 +43,6 @@ import importlib.util
 import json
 import os
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -57,10 +56,12 @@ from benchmarks.fanout import (
     JS_DIR,
     BenchmarkError,
     Child,
-    _die_with_parent,
     _env,
     _event,
     collapsed_report,
+    require_py_spy,
+    start_py_spy,
+    stop_py_spy,
     ensure_node_modules,
     machine_info,
     proc_cpu,
@@ -679,29 +680,16 @@ def legend(outcomes: list[Outcome]) -> str:
 
 def profile(opts: Options, workload: str, spec: Spec, size: int = 0) -> str:
     """One more measurement with py-spy on the server during the window; the report."""
-    spy = shutil.which("py-spy")
-    if spy is None:
-        raise BenchmarkError("py-spy is not installed (pip install py-spy)")
+    spy = require_py_spy()
     out = os.path.join(opts.logdir, f"{workload}-{spec.name}-profile.py-spy.txt")
     holder: dict[str, subprocess.Popen[bytes]] = {}
 
     def hook(running: Running, phase: str) -> None:
         if phase == "start":
-            holder["p"] = subprocess.Popen(
-                [spy, "record", "--pid", str(running.server.pid), "--rate", str(opts.profile_rate),
-                 "--format", "raw", "--output", out, "--nonblocking"],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                preexec_fn=_die_with_parent,
-            )
+            holder["p"] = start_py_spy(spy, running.server.pid, out, opts.profile_rate)
             time.sleep(1.0)  # let py-spy attach
         else:
-            p = holder["p"]
-            p.send_signal(signal.SIGINT)
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
+            stop_py_spy(holder["p"])
 
     row = measure_once(opts, workload, spec, 0, size or (opts.sizes[-1] if workload == "sweep" else 0), hook)
     head = (
