@@ -18,7 +18,6 @@ from twisted.internet.defer import Deferred, DeferredQueue
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
-from twisted.protocols.policies import WrappingFactory
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from zope.interface import provider
@@ -93,58 +92,36 @@ class _Call:
 # -- server ------------------------------------------------------------------------
 
 
-class _TrackingFactory(WrappingFactory):
-    """Knows the open server-side connections and tells when none is left."""
-
-    def __init__(self, wrapped: Any) -> None:
-        super().__init__(wrapped)
-        self._idle: list[Deferred[None]] = []
-
-    def unregisterProtocol(self, p: Any) -> None:
-        super().unregisterProtocol(p)
-        if not self.protocols:
-            waiters, self._idle = self._idle, []
-            for d in waiters:
-                d.callback(None)
-
-    def wait_idle(self, reactor: Any, timeout: float) -> Deferred[None]:
-        if not self.protocols:
-            return defer.succeed(None)
-        d: Deferred[None] = Deferred(lambda d: self._idle.remove(d))
-        self._idle.append(d)
-        return d.addTimeout(timeout, reactor)
-
-
 class Server:
     """
     An endpoint served over real loopback TCP.
 
     :ivar port: the listening port number.
+    :ivar site: the endpoint's :class:`~twisted_phoenix.transports.http.PhoenixSite`.
     """
 
-    def __init__(self, reactor: Any, endpoint: Any, listening: Any, wrapper: _TrackingFactory) -> None:
+    def __init__(self, reactor: Any, endpoint: Any, listening: Any, site: Any) -> None:
         self.reactor = reactor
         self.endpoint = endpoint
+        self.site = site
         self._listening = listening
-        self._wrapper = wrapper
         self.port: int = listening.getHost().port
 
     @property
     def connections(self) -> list[Any]:
-        """The server-side TCP connections still open."""
-        return list(self._wrapper.protocols)
+        """The server-side TCP connections still open (their first protocols)."""
+        return list(self.site.open)
 
     @defer.inlineCallbacks
     def stop(self) -> Any:
-        """Stop listening, then drop whatever server-side connection is left."""
+        """Stop listening, drop every connection and wait until they are gone."""
         yield self._listening.stopListening()
-        for connection in self.connections:
-            connection.transport.abortConnection()
+        self.site.abort_all()
         yield self.wait_no_connections()
 
     def wait_no_connections(self, timeout: float = DEFAULT_TIMEOUT) -> Deferred[None]:
         """Fires once every server-side TCP connection has gone."""
-        return self._wrapper.wait_idle(self.reactor, timeout)
+        return self.site.when_idle().addTimeout(timeout, self.reactor)
 
 
 def serve(test: TestCase, endpoint: Any) -> Server:
@@ -153,9 +130,9 @@ def serve(test: TestCase, endpoint: Any) -> Server:
     server-side connection gone) in ``test``'s cleanup.
     """
     reactor = endpoint.reactor
-    wrapper = _TrackingFactory(endpoint.site())
-    listening = reactor.listenTCP(0, wrapper, interface="127.0.0.1")
-    server = Server(reactor, endpoint, listening, wrapper)
+    site = endpoint.site()
+    listening = reactor.listenTCP(0, site, interface="127.0.0.1")
+    server = Server(reactor, endpoint, listening, site)
     test.addCleanup(server.stop)
     return server
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from twisted.internet import reactor
+from twisted.internet import reactor, task
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.logger import LogLevel
@@ -29,7 +29,8 @@ SECRET = "b" * 64
 MAX_FRAME = 1024
 HANDSHAKE_TIMEOUT = 0.5
 MAX_BACKLOG = 5
-MAX_SEND_BUFFER = 256 * 1024
+MAX_LAG = 256 * 1024
+MAX_HEADER_BYTES = 4096
 
 JOIN_OK = {"response": {}, "status": "ok"}
 PONG = {"response": {"ping": "pong"}, "status": "ok"}
@@ -90,7 +91,8 @@ class BadInputEndpoint(Endpoint):
     }
     max_frame_size = MAX_FRAME
     handshake_timeout = HANDSHAKE_TIMEOUT
-    max_send_buffer = MAX_SEND_BUFFER
+    max_lag = MAX_LAG
+    max_header_bytes = MAX_HEADER_BYTES
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -467,19 +469,45 @@ class NonWebSocketTests(_Offence, TestCase):
         yield self.assertOthersUnaffected()
 
     def test_plainGet(self) -> None:
-        """A GET without Upgrade gets a 4xx (no status page) and the connection closes."""
+        """A GET without Upgrade gets Phoenix's 400 and the connection closes."""
         return self._http(
             b"GET /socket/websocket?vsn=2.0.0 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
-            b"426 ",
-            "HTTP Upgrade header missing",
+            b"400 ",
+            "refused with 400: not a WebSocket upgrade",
         )
 
     def test_post(self) -> None:
-        """A POST gets a 4xx."""
+        """A POST gets Phoenix's 400, and its body is not read."""
         return self._http(
             b"POST /socket/websocket?vsn=2.0.0 HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n\r\n{}",
-            b"405 ",
-            'HTTP method "POST" not allowed',
+            b"400 ",
+            "refused with 400: POST on a WebSocket path",
+        )
+
+    def test_body(self) -> None:
+        """A WebSocket upgrade that announces a body is refused before the body is read."""
+        return self._http(
+            b"GET /socket/websocket?vsn=2.0.0 HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nContent-Length: 157286400\r\n\r\n" + b"x" * 1000,
+            b"400 ",
+            "refused with 400: a request body on a WebSocket path",
+        )
+
+    def test_chunkedBody(self) -> None:
+        """A chunked body on a WebSocket path is refused the same way."""
+        return self._http(
+            b"GET /socket/websocket?vsn=2.0.0 HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nTransfer-Encoding: chunked\r\n\r\nffff\r\n",
+            b"400 ",
+            "refused with 400: a request body on a WebSocket path",
+        )
+
+    def test_hugeHead(self) -> None:
+        """A request head over max_header_bytes gets 431 before it ends."""
+        return self._http(
+            b"GET /socket/websocket?vsn=2.0.0 HTTP/1.1\r\nX-Pad: " + b"a" * (MAX_HEADER_BYTES + 10),
+            b"431 ",
+            "refused with 431: its request head is too large",
         )
 
     @inlineCallbacks
@@ -488,31 +516,45 @@ class NonWebSocketTests(_Offence, TestCase):
         raw = yield raw_connect(reactor, self.port, test=self)
         raw.write(b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03garbage\r\n\r\n")
         received = yield raw.connection_lost()
-        # twisted.web answers this itself, before any Phoenix code runs, and
-        # logs nothing: the 400 is the whole defined response.
-        self.assertEqual(received, b"HTTP/1.1 400 Bad Request\r\n\r\n")
+        self.assertEqual(received, b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        self.assertLogged("refused with 400: bad request line", LogLevel.warn)
         yield self.assertOthersUnaffected()
 
     @inlineCallbacks
-    def _dropped_after_timeout(self, data: bytes) -> Any:
+    def _dropped_after_timeout(self, data: bytes, trickle: bool = False) -> Any:
         raw = yield raw_connect(reactor, self.port, test=self)
         start = reactor.seconds()
         if data:
             raw.write(data)
+        if trickle:
+            # One more byte of the head every tenth of the timeout: the
+            # deadline counts from the connection, not from the last byte.
+            call = task.LoopingCall(raw.write, b"a")
+            call.clock = reactor
+            call.start(HANDSHAKE_TIMEOUT / 10, now=False)
+            self.addCleanup(lambda: call.running and call.stop())
         received = yield raw.connection_lost()
-        self.assertEqual(received, b"")
-        self.assertGreaterEqual(reactor.seconds() - start, HANDSHAKE_TIMEOUT - 0.1)
-        self.assertLogged("Timing out client", LogLevel.info)
+        elapsed = reactor.seconds() - start
+        self.assertTrue(received.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), received)
+        self.assertGreaterEqual(elapsed, HANDSHAKE_TIMEOUT - 0.1)
+        self.assertLess(elapsed, HANDSHAKE_TIMEOUT * 2)
+        self.assertLogged("did not send its request within", LogLevel.warn)
         yield self.assertOthersUnaffected()
 
     def test_silentConnection(self) -> None:
-        """A TCP connection that sends nothing is dropped after handshake_timeout."""
+        """A TCP connection that sends nothing gets 408 after handshake_timeout."""
         return self._dropped_after_timeout(b"")
 
     def test_unfinishedHandshake(self) -> None:
-        """A handshake whose headers never end is dropped after handshake_timeout."""
+        """A handshake whose headers never end gets 408 after handshake_timeout."""
         return self._dropped_after_timeout(
             b"GET /socket/websocket?vsn=2.0.0 HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+        )
+
+    def test_trickledHandshake(self) -> None:
+        """A head sent a byte at a time still gets 408 at the deadline (not reset by each byte)."""
+        return self._dropped_after_timeout(
+            b"GET /socket/websocket?vsn=2.0.0 HTTP/1.1\r\nX-Slow: ", trickle=True
         )
 
     @inlineCallbacks
@@ -556,7 +598,7 @@ class DeadPeerTests(_Offence, TestCase):
     def test_slowClientDropped(self) -> None:
         """
         A client that stops reading is dropped once more than
-        max_send_buffer bytes wait for it; a reading subscriber of the same
+        max_lag bytes wait for it; a reading subscriber of the same
         topic gets every broadcast and stays connected.
         """
         client = yield self.offender()
@@ -573,7 +615,7 @@ class DeadPeerTests(_Offence, TestCase):
             sent += 1
             yield deferLater(reactor, 0, lambda: None)
         self.assertEqual((yield terminated), ("rec:offender", ("shutdown", "closed")))
-        self.assertLogged("Dropping a client that does not read", LogLevel.warn)
+        self.assertLogged("Closing a connection that does not read", LogLevel.warn)
         for n in range(sent):
             frame = yield self.bystander.next_json()
             self.assertEqual(frame[3:5], ["news", {"n": n, "pad": chunk}])

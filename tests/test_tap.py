@@ -23,6 +23,8 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.server import Site
 
+from twisted_phoenix.transports.http import PhoenixSite
+
 from twisted_phoenix import Endpoint
 from twisted_phoenix.cli import main as cli_main
 from twisted_phoenix.config import DEV_SECRET_KEY_BASE
@@ -248,16 +250,18 @@ class MakeServiceTests(SynchronousTestCase):
         for child in children:
             self.assertIsInstance(child, ListeningService)
             self.assertTrue(IService.providedBy(child))
-            self.assertIsInstance(child.factory, Site)
+            self.assertIsInstance(child.factory, PhoenixSite)
         self.assertIs(children[0].factory, children[1].factory)
 
     def test_site_serves_sockets(self) -> None:
-        """The Site of the default app has ``/socket/websocket`` and ``/auth_socket/websocket``."""
+        """The site of the default app serves ``/socket/websocket`` and ``/auth_socket/websocket``."""
         site = listeners(makeService(parse()))[0].factory
-        root = site.resource
+        self.assertEqual(sorted(site.endpoint.websocket_factories()), ["/auth_socket", "/socket"])
+        root = site.web.resource
         for mount in (b"socket", b"auth_socket"):
             self.assertIn(b"websocket", root.children[mount].children)
         self.assertFalse(site.noisy)
+        self.assertFalse(site.web.noisy)
 
     def test_listens_while_running(self) -> None:
         """A ListeningService listens when started, logs its port, and stops listening when stopped."""

@@ -234,15 +234,20 @@ class BroadcastTests(_Served, TestCase):
         yield client.join_and_ping("ping:burst", "3")
         writes: list[bytes] = []
         [subscriber] = self.endpoint.pubsub.subscribers("ping:burst")
-        transport = subscriber.fastlane.transport
-        for name in ("write", "writeSequence", "writeSomeData"):
-            original = getattr(transport, name)
+        output = subscriber.fastlane.output
+        sock = output._socket  # a plain TCP connection: the output sends on the socket itself
 
-            def record(data: Any, original: Any = original) -> Any:
-                writes.append(data if isinstance(data, bytes) else b"".join(data))
-                return original(data)
+        class Recording:
+            def send(self, data: Any) -> int:
+                writes.append(bytes(data))
+                return sock.send(data)
 
-            setattr(transport, name, record)
+            def sendmsg(self, buffers: Any) -> int:
+                writes.append(b"".join(buffers))
+                return sock.sendmsg(buffers)
+
+        output._socket = Recording()
+        self.addCleanup(setattr, output, "_socket", sock)
         for n in range(10):
             self.endpoint.broadcast("ping:burst", "tick", {"n": n})
         for n in range(10):

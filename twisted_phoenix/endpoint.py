@@ -23,6 +23,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
 
+from ._output import Flusher
 from .message import Broadcast
 from .origin import OriginSetting
 from .presence import Presence
@@ -47,6 +48,16 @@ class _Node(Resource):
         return super().getChild(path, request)
 
 
+class _UpgradeFirst(Resource):
+    """``<mount>/websocket`` reached by a later request of a kept-alive connection."""
+
+    isLeaf = True
+
+    def render(self, request: Any) -> bytes:
+        request.setResponseCode(400)
+        return b"a WebSocket upgrade must be the first request of its connection"
+
+
 class Endpoint:
     """
     An application: its sockets and its PubSub.
@@ -63,10 +74,19 @@ class Endpoint:
     :cvar host: the public host name, for ``check_origin = True``.
     :cvar max_frame_size: the largest frame or message a client may send;
         larger ones close the connection with 1009.
-    :cvar max_send_buffer: bytes that may wait for a client that does not
-        read (once the socket's own buffer is full) before it is dropped.
-    :cvar handshake_timeout: seconds a client has to complete its HTTP
-        request and WebSocket handshake (a silent connection is dropped).
+    :cvar max_lag: bytes that may wait for a client that does not read
+        (beyond what its socket took) before it is closed (1013).  Waiting
+        frames are shared with every other subscriber, not copied.
+    :cvar handshake_timeout: seconds a client has, from its connection, to
+        send its whole request head (a hard deadline, answered 408), and
+        then to complete the WebSocket handshake.
+    :cvar max_header_bytes: the largest request head (431 beyond).
+    :cvar max_connections: connections served at once; past it new ones get
+        HTTP 503 at once.  ``None``: the process's open-file limit less a
+        reserve (:func:`~twisted_phoenix.transports.http.default_max_connections`).
+    :cvar handshakes_per_turn: requests (WebSocket handshakes, HTTP requests)
+        handled per reactor turn; the rest wait their turn, so that a
+        connect storm does not starve the clients already connected.
 
     :param reactor: provides time and networking (a
         :class:`~twisted.internet.testing.MemoryReactorClock` in tests).
@@ -82,8 +102,11 @@ class Endpoint:
     check_origin: ClassVar[OriginSetting] = True
     host: ClassVar[str] = "localhost"
     max_frame_size: ClassVar[int] = DEFAULT_MAX_FRAME_SIZE
-    max_send_buffer: ClassVar[int] = 4 * 1024 * 1024
+    max_lag: ClassVar[int] = 1024 * 1024
     handshake_timeout: ClassVar[float] = 10.0
+    max_header_bytes: ClassVar[int] = 16 * 1024
+    max_connections: ClassVar[int | None] = None
+    handshakes_per_turn: ClassVar[int] = 32
     close_timeout: ClassVar[float] = 5.0
 
     def __init__(
@@ -101,19 +124,41 @@ class Endpoint:
         #: This endpoint's :class:`~twisted_phoenix.presence.Presence`.
         self.presence: Presence = self.presence_class(self, **self.presence_options)
         self._callbacks: dict[tuple[str, Callable[[Broadcast], Any]], CallbackSubscriber] = {}
+        #: Writes what each connection queued, once per reactor turn.
+        self.flusher = Flusher(reactor)
+        self._websockets: dict[str, Any] | None = None
 
     # -- serving --------------------------------------------------------------------
+
+    def websocket_factories(self) -> dict[str, Any]:
+        """
+        Mount path → the :class:`~twisted_phoenix.transports.websocket.PhoenixServerFactory`
+        of its socket (made once).
+        """
+        if self._websockets is None:
+            from .transports.websocket import PhoenixServerFactory
+
+            self._websockets = {
+                mount: PhoenixServerFactory(self, socket_class, max_frame_size=self.max_frame_size, mount=mount)
+                for mount, socket_class in self.sockets.items()
+            }
+        return self._websockets
 
     def resource(self) -> IResource:
         """
         A :mod:`twisted.web` resource tree serving every socket at
-        ``<mount>/websocket``.
+        ``<mount>/websocket``, to mount in an application's own site.
+        :meth:`site` serves this endpoint with the limits on strangers, and
+        takes WebSocket upgrades before twisted.web would parse them.
         """
-        from .transports.websocket import PhoenixServerFactory
-        from autobahn.twisted.resource import WebSocketResource
+        from .transports.websocket import WebSocketUpgrade
 
+        return self._tree(WebSocketUpgrade)
+
+    def _tree(self, websocket: Callable[[Any], Resource]) -> Resource:
+        """The resource tree, with ``websocket(factory)`` at each ``<mount>/websocket``."""
         root = _Node()
-        for mount, socket_class in self.sockets.items():
+        for mount, factory in self.websocket_factories().items():
             node = root
             for segment in [s for s in mount.split("/") if s]:
                 if segment.startswith(":"):  # a path param: any one segment
@@ -126,20 +171,24 @@ class Endpoint:
                         child = _Node()
                         node.putChild(segment.encode(), child)
                 node = child
-            factory = PhoenixServerFactory(
-                self, socket_class, max_frame_size=self.max_frame_size, mount=mount
-            )
-            node.putChild(b"websocket", WebSocketResource(factory))
+            node.putChild(b"websocket", websocket(factory))
         return root
 
-    def site(self) -> Site:
+    def site(self) -> Any:
         """
-        A :class:`twisted.web.server.Site` serving :meth:`resource`, which
-        drops a connection that has not sent a complete HTTP request within
-        :attr:`handshake_timeout` seconds of silence (twisted.web's default
-        is 60 s).
+        The factory to serve this endpoint with (see
+        :class:`~twisted_phoenix.transports.http.PhoenixSite`): connection
+        and request limits, WebSocket upgrades straight to the sockets,
+        anything else to a :class:`twisted.web.server.Site` of
+        :meth:`resource`.
         """
-        return Site(self.resource(), timeout=self.handshake_timeout)
+        from .transports.http import PhoenixSite
+
+        # A WebSocket upgrade reaches twisted.web only as a later request of
+        # a kept-alive connection: it must come first on its own connection.
+        web = Site(self._tree(lambda factory: _UpgradeFirst()), timeout=self.handshake_timeout)
+        web.noisy = False
+        return PhoenixSite(self, web, self.websocket_factories())
 
     # -- lifecycle ----------------------------------------------------------------------
 

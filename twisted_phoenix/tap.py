@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
+import resource
 import sys
-from typing import Any
+from typing import Any, Callable
 
 from twisted.application import service
 from twisted.internet.endpoints import serverFromString
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger, textFileLogObserver
 from twisted.python import usage
+from twisted.python.logfile import LogFile
 
 from .cluster import NO_NODE, ClusterTLS, Node, parse_node_name
 from .cluster.portmapper import mapper_port
@@ -25,6 +28,77 @@ from .endpoint import Endpoint
 from .pubsub import PubSub
 
 DEFAULT_ENDPOINT = "twisted_phoenix.examples.hello_sockets:Endpoint"
+
+#: Phoenix's listeners (Ranch/ThousandIsland) keep 1,024 connections waiting
+#: to be accepted; Twisted's default is 50, which a connect storm overflows.
+MIN_BACKLOG = 1024
+
+log = Logger()
+
+
+def default_backlog(somaxconn: str = "/proc/sys/net/core/somaxconn") -> int:
+    """
+    The listen backlog: the larger of :data:`MIN_BACKLOG` and what the kernel
+    allows (``net.core.somaxconn``, which caps any larger value anyway).
+    """
+    try:
+        with open(somaxconn, encoding="ascii") as f:
+            return max(MIN_BACKLOG, int(f.read().strip()))
+    except (OSError, ValueError):
+        return MIN_BACKLOG
+
+
+def with_backlog(description: str, backlog: int) -> str:
+    """Add ``backlog=N`` to a ``tcp:``/``tcp6:``/``ssl:``/``unix:`` description that has none."""
+    kind = description.split(":", 1)[0]
+    if kind not in ("tcp", "tcp6", "ssl", "unix") or ":backlog=" in description:
+        return description
+    return f"{description}:backlog={backlog}"
+
+
+def raise_file_limit() -> tuple[int, int]:
+    """
+    Raise this process's soft open-file limit to its hard limit (systemd's
+    default soft limit is 1,024: a few hundred clients short of a storm).
+    Returns ``(before, after)``.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            return soft, soft
+        return soft, hard
+    return soft, soft
+
+
+def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if value <= 0:
+            raise ValueError(f"must be positive, not {text!r}")
+        return value
+
+    return parse
+
+
+#: ``twistd phoenix`` options that set an :class:`Endpoint` limit:
+#: ``(option, attribute, parser, help)``.  Without the option, the
+#: endpoint class's own value holds (its default shows in ``--help``).
+ENDPOINT_LIMITS: list[tuple[str, str, Callable[[str], Any], str]] = [
+    ("max-connections", "max_connections", _positive(int),
+     "Connections served at once; past it, HTTP 503 (default: the open-file limit less a reserve)."),
+    ("max-lag", "max_lag", _positive(int),
+     "Bytes that may wait for a client that does not read before it is closed (1013)."),
+    ("max-frame-size", "max_frame_size", _positive(int),
+     "The largest frame a client may send (1009 beyond)."),
+    ("handshake-timeout", "handshake_timeout", _positive(float),
+     "Seconds a new connection has to send its request head (then 408)."),
+    ("max-header-bytes", "max_header_bytes", _positive(int),
+     "The largest request head (then 431)."),
+    ("handshakes-per-turn", "handshakes_per_turn", _positive(int),
+     "WebSocket handshakes and HTTP requests handled per reactor turn during a connect storm."),
+]
 
 
 def load_endpoint_class(spec: str) -> type[Endpoint]:
@@ -50,6 +124,16 @@ def load_endpoint_class(spec: str) -> type[Endpoint]:
     return value
 
 
+#: The order ``twistd phoenix --help`` lists its options in.
+_OPTION_ORDER = [
+    "port", "endpoint", "listen", "env", "secret-key-base", "name", "connect", "cookie",
+    "dist-interface", "dist-port", "dist-cert", "dist-key", "dist-ca", "epmd-port",
+    "heartbeat-interval", "heartbeat-timeout", "no-http", "backlog",
+    *[option for option, _, _, _ in ENDPOINT_LIMITS],
+    "log-max-bytes", "log-max-files", "version", "help",
+]
+
+
 class Options(usage.Options):
     """Options of ``twistd phoenix``."""
 
@@ -63,12 +147,13 @@ class Options(usage.Options):
         "twisted-phoenix --help"
     )
 
+    # In order of importance: what a first run needs comes first.
     optParameters = [
         ["port", "p", None, "TCP port to serve on (default: $PORT, else 4000); ignored with --listen."],
         ["endpoint", "e", DEFAULT_ENDPOINT, "The app: package.module:EndpointClass."],
-        ["name", None, "nonode@nohost", "This node's name, e.g. server@127.0.0.1."],
-        ["secret-key-base", None, None, "Secret for signing tokens (default: $SECRET_KEY_BASE)."],
         ["env", None, None, "dev, test or prod (default: $PHOENIX_ENV, else dev). prod requires a secret."],
+        ["secret-key-base", None, None, "Secret for signing tokens (default: $SECRET_KEY_BASE)."],
+        ["name", None, "nonode@nohost", "This node's name, e.g. server@127.0.0.1."],
         ["cookie", None, None, "Cluster cookie (default: $PHOENIX_COOKIE, else ~/.twisted_phoenix.cookie)."],
         ["dist-interface", None, "127.0.0.1", "Interface for cluster links (0.0.0.0 to link across hosts)."],
         ["dist-port", None, "0", "Port for cluster links (default: any free port, found by name on this host)."],
@@ -78,11 +163,56 @@ class Options(usage.Options):
         ["epmd-port", None, None, "Port of the node-name mapper on 127.0.0.1 (default: $PHOENIX_EPMD_PORT, else 4370)."],
         ["heartbeat-interval", None, "1.0", "Seconds between heartbeats on each cluster link."],
         ["heartbeat-timeout", None, "3.0", "Seconds of silence after which a peer node is dropped."],
+        ["backlog", None, None, "Connections the kernel queues until accepted (default: the larger of 1024 and net.core.somaxconn)."],
+        *[
+            [option, None, None, f"{text} [default: {getattr(Endpoint, attribute)}]"]
+            for option, attribute, _, text in ENDPOINT_LIMITS
+        ],
+        ["log-max-bytes", None, "10000000", "With a log file (--logfile, or when daemonized): rotate it at this size."],
+        ["log-max-files", None, "10", "With a log file: keep this many rotated files (older ones are deleted)."],
     ]
 
     optFlags = [
         ["no-http", None, "Serve no sockets: a cluster node for workers and broadcasts only."],
     ]
+
+    def getUsage(self, width: int | None = None) -> str:
+        # Twisted lists options alphabetically; ours go in order of
+        # importance: the order of optParameters, then the rest.
+        text = super().getUsage(width)
+        head, sep, rest = text.partition("Options:\n")
+        lines = rest.split("\n")
+        end = next((i for i, line in enumerate(lines) if line and not line.startswith(" ")), len(lines))
+        while end and not lines[end - 1]:
+            end -= 1
+        chunks: list[list[str]] = []
+        for line in lines[:end]:
+            match = re.match(r"  (?:-\w, |    )--([\w-]+)", line)
+            if match or not chunks:
+                chunks.append([])
+            chunks[-1].append(line)
+        order = {name: i for i, name in enumerate(_OPTION_ORDER)}
+
+        def rank(chunk: list[str]) -> tuple[int, str]:
+            match = re.match(r"  (?:-\w, |    )--([\w-]+)", chunk[0])
+            name = match.group(1) if match else ""
+            return (order.get(name, len(order)), name)
+
+        chunks.sort(key=rank)
+        return head + sep + "\n".join(line for chunk in chunks for line in chunk) + "\n" + "\n".join(lines[end:])
+
+    def opt_version(self) -> None:
+        """Print twisted_phoenix's version (and Twisted's, Autobahn's, Python's), then exit."""
+        from . import __version__
+
+        import autobahn
+        import twisted
+
+        print(
+            f"twisted_phoenix {__version__} (Twisted {twisted.__version__}, "
+            f"Autobahn {autobahn.__version__}, Python {sys.version.split()[0]})"
+        )
+        sys.exit(0)
 
     def __init__(self) -> None:
         super().__init__()
@@ -111,6 +241,23 @@ class Options(usage.Options):
             if not (port.isascii() and port.isdigit() and int(port) <= 65535):
                 raise usage.UsageError(f"--port takes a port number (0-65535), not {port!r}")
             self["listen"] = [f"tcp:{port}"]
+        try:
+            self["backlog"] = _positive(int)(self["backlog"]) if self["backlog"] is not None else default_backlog()
+        except ValueError:
+            raise usage.UsageError(f"--backlog takes a positive number, not {self['backlog']!r}") from None
+        limits = {}
+        for option, attribute, parse, _ in ENDPOINT_LIMITS:
+            if self[option] is not None:
+                try:
+                    limits[attribute] = parse(self[option])
+                except ValueError:
+                    raise usage.UsageError(f"--{option} takes a positive number, not {self[option]!r}") from None
+        self["limits"] = limits
+        try:
+            self["log-max-bytes"] = _positive(int)(self["log-max-bytes"])
+            self["log-max-files"] = _positive(int)(self["log-max-files"])
+        except ValueError:
+            raise usage.UsageError("--log-max-bytes and --log-max-files take positive numbers") from None
         self["endpoint_class"] = load_endpoint_class(self["endpoint"])
         try:
             self["env"] = resolve_env(self["env"])
@@ -154,15 +301,20 @@ class ListeningService(service.Service):
 
     log = Logger()
 
-    def __init__(self, reactor: Any, description: str, factory: Any) -> None:
+    def __init__(self, reactor: Any, description: str, factory: Any, backlog: int | None = None) -> None:
         self.reactor = reactor
         self.description = description
         self.factory = factory
+        #: Added to the description unless it has its own (see :func:`with_backlog`).
+        self.backlog = backlog
         self._port: Any = None
 
     def startService(self) -> None:
         super().startService()
-        d = serverFromString(self.reactor, self.description).listen(self.factory)
+        description = self.description
+        if self.backlog is not None:
+            description = with_backlog(description, self.backlog)
+        d = serverFromString(self.reactor, description).listen(self.factory)
 
         def listening(port: Any) -> None:
             self._port = port
@@ -226,15 +378,61 @@ class EndpointService(service.Service):
         self.endpoint.stop()
 
 
+class _Top(service.MultiService):
+    """
+    The plugin's top service.  Parented by twistd's application, it gives it
+    the log observer to use when there is one (twistd asks the application
+    for it once makeService has run).
+    """
+
+    log_observer: Any = None
+
+    def setServiceParent(self, parent: Any) -> Any:
+        if self.log_observer is not None and hasattr(parent, "setComponent"):
+            parent.setComponent(ILogObserver, self.log_observer)
+        return super().setServiceParent(parent)
+
+
+def rotating_log_observer(path: str, max_bytes: int, max_files: int) -> Any:
+    """
+    A log observer writing to ``path``, rotated at ``max_bytes`` with at most
+    ``max_files`` rotated files kept (twistd's own keeps them all).
+    """
+    directory, name = os.path.split(os.path.abspath(path))
+    logfile = LogFile(name, directory, rotateLength=max_bytes, maxRotatedFiles=max_files)
+    return textFileLogObserver(logfile)
+
+
+def _twistd_log_path(options: Options) -> str | None:
+    """The file twistd would log to, from its own options, or ``None`` (stdout, syslog)."""
+    twistd = getattr(options, "parent", None)
+    if twistd is None:
+        return None
+    logfile = twistd.get("logfile")
+    if twistd.get("syslog") or twistd.get("logger") or logfile == "-":
+        return None
+    if twistd.get("nodaemon") and not logfile:
+        return None
+    return logfile or "twistd.log"
+
+
 def makeService(options: Options) -> service.IService:
     """Build the service: the endpoint served on every ``--listen``."""
     from twisted.internet import reactor
 
+    before, after = raise_file_limit()
+    if after != before:
+        log.info("Raised the open-file limit from {before} to {after}", before=before, after=after)
     pubsub = PubSub(options["name"])
     endpoint = options["endpoint_class"](
         reactor, node_name=options["name"], secret_key_base=options["secret"], pubsub=pubsub
     )
-    top = service.MultiService()
+    for attribute, value in options["limits"].items():
+        setattr(endpoint, attribute, value)
+    top = _Top()
+    log_path = _twistd_log_path(options)
+    if log_path is not None:
+        top.log_observer = rotating_log_observer(log_path, options["log-max-bytes"], options["log-max-files"])
     if options["cluster"]:
         node = Node(
             reactor,
@@ -255,5 +453,5 @@ def makeService(options: Options) -> service.IService:
         site = endpoint.site()
         site.noisy = False
         for description in options["listen"]:
-            ListeningService(reactor, description, site).setServiceParent(top)
+            ListeningService(reactor, description, site, options["backlog"]).setServiceParent(top)
     return top

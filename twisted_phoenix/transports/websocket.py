@@ -22,13 +22,14 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import txaio
+from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
-from twisted.internet import tcp
 from twisted.internet.defer import maybeDeferred
 from twisted.internet.interfaces import ISSLTransport
 from twisted.python.failure import Failure
 
+from .._output import StreamOutput
 from .._session import Session
 from ..origin import origin_allowed
 from ..serializers import DecodeError, Frame, VersionError, select_serializer
@@ -37,7 +38,14 @@ from ..socket import ConnectRefused, Socket
 if TYPE_CHECKING:
     from ..endpoint import Endpoint
 
-__all__ = ["PhoenixServerFactory", "PhoenixServerProtocol", "parse_params", "path_params", "ws_frame"]
+__all__ = [
+    "PhoenixServerFactory",
+    "PhoenixServerProtocol",
+    "WebSocketUpgrade",
+    "parse_params",
+    "path_params",
+    "ws_frame",
+]
 
 txaio.use_twisted()
 
@@ -45,6 +53,9 @@ AUTH_TOKEN_PREFIX = "base64url.bearer.phx."
 
 CLOSE_NORMAL = 1000
 CLOSE_INTERNAL_ERROR = 1011
+#: Sent to a client that fell ``Endpoint.max_lag`` bytes behind: "try again
+#: later" (phoenix.js reconnects after any close it did not ask for).
+CLOSE_TRY_AGAIN_LATER = 1013
 
 
 def ws_frame(data: bytes, binary: bool) -> bytes:
@@ -109,13 +120,8 @@ class PhoenixServerProtocol(WebSocketServerProtocol):
     _socket: Socket | None = None
     _serializer: Any = None
     _last_seen: float = 0.0
-    #: Set while Twisted says the socket's send buffer is full.
-    _paused = False
-    _paused_bytes = 0
-    #: Frames waiting for the end of this reactor turn.
-    _queued: list[bytes] | None = None
-    #: Whether flush may send on the TCP socket at once (see flush).
-    _direct = False
+    #: What waits to be written, once the WebSocket is open.
+    output: StreamOutput | None = None
 
     # -- handshake ---------------------------------------------------------------
 
@@ -228,18 +234,14 @@ class PhoenixServerProtocol(WebSocketServerProtocol):
         self.session = Session(self._socket, self._serializer, self)
         self._socket = None
         self._touch()
-        # twisted.web's HTTP channel registered itself as this transport's
-        # producer and Autobahn leaves it there: it would keep the upgrade
-        # request alive and pause reading whenever the send buffer is full.
-        # This connection is the producer now (see pauseProducing).
-        try:
+        # Served through twisted.web (Endpoint.resource() in a Site of the
+        # application's), the HTTP channel registered itself as this
+        # transport's producer and Autobahn leaves it there: it would keep
+        # the upgrade request alive.  The output is the producer now.
+        if self.transport.producer is not None:
             self.transport.unregisterProducer()
-        except Exception:
-            pass
-        self.transport.registerProducer(self, True)
-        # Plain TCP only: a TLS transport forwards unknown attributes (such
-        # as writeSomeData) to the raw socket beneath it.
-        self._direct = type(self.transport) is tcp.Server and not self.transport.TLS
+        endpoint = self.factory.endpoint
+        self.output = StreamOutput(self.transport, endpoint.flusher, endpoint.max_lag, self._fell_behind)
         self.factory.idle.add(self)
 
     # -- input ---------------------------------------------------------------------
@@ -256,20 +258,7 @@ class PhoenixServerProtocol(WebSocketServerProtocol):
         self.log.info(
             "Closing an idle connection after {timeout} s without data", timeout=self.factory.idle.timeout
         )
-        self.close(CLOSE_NORMAL, "idle timeout")
-
-    # -- IPushProducer: Twisted pauses us when the socket's send buffer is full --
-
-    def pauseProducing(self) -> None:
-        # Twisted calls this on every write while the buffer is full.
-        self._paused = True
-
-    def resumeProducing(self) -> None:
-        self._paused = False
-        self._paused_bytes = 0
-
-    def stopProducing(self) -> None:
-        self._paused = True
+        self.close(CLOSE_NORMAL)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         session = self.session
@@ -279,10 +268,10 @@ class PhoenixServerProtocol(WebSocketServerProtocol):
             session.frame_received(payload, isBinary)
         except DecodeError as e:
             self.log.error("Closing a connection that sent a malformed frame: {error}", error=str(e))
-            self.close(CLOSE_INTERNAL_ERROR, "malformed frame")
+            self.close(CLOSE_INTERNAL_ERROR)
         except Exception:
             self.log.failure("Closing a connection after an error handling its frame")
-            self.close(CLOSE_INTERNAL_ERROR, "internal error")
+            self.close(CLOSE_INTERNAL_ERROR)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self.factory.idle.discard(self)
@@ -305,64 +294,50 @@ class PhoenixServerProtocol(WebSocketServerProtocol):
 
     def send_frame(self, frame: Frame) -> None:
         """
-        Queue ``frame`` (framed once however many connections it goes to);
-        everything queued in one reactor turn goes out in one write.
+        Queue ``frame``, framed once however many connections it goes to;
+        what is queued in one reactor turn goes out in one write.
         """
-        if self.state != self.STATE_OPEN:
+        output = self.output
+        if output is None or self.state != self.STATE_OPEN:
             return
         wire = frame.wire
         if wire is None:
             wire = frame.wire = ws_frame(frame.data, frame.binary)
-        queued = self._queued
-        if queued is None:
-            self._queued = [wire]
-            self.factory.flusher.dirty(self)
-        else:
-            queued.append(wire)
-
-    def flush(self) -> None:
-        """Write what :meth:`send_frame` queued."""
-        queued = self._queued
-        if queued is None:
-            return
-        self._queued = None
-        if self._paused:
-            # The client is not reading: bound what waits for it.
-            self._paused_bytes += sum(map(len, queued))
-            if self._paused_bytes > self.factory.endpoint.max_send_buffer:
-                self._drop_slow_client()
-                return
-        data = queued[0] if len(queued) == 1 else b"".join(queued)
-        transport = self.transport
-        # Nothing waits in Twisted's buffer: send at once, and leave to the
-        # reactor only what the socket does not take.  A reply then costs one
-        # send() instead of registering a writer, waking for it, sending and
-        # unregistering (the round trip's largest cost after the reads).
-        if self._direct and not transport.dataBuffer and not transport._tempDataBuffer:
-            sent = transport.writeSomeData(data)
-            if type(sent) is int:
-                if sent == len(data):
-                    return
-                data = data[sent:]
-        transport.write(data)
+        output.send(wire)
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
-        # Autobahn's own frames (close, pong) go after what we queued.
-        if self._queued is not None:
-            self.flush()
-        super().sendData(data, sync, chopsize)
+        # Autobahn's own frames (pong, close) go after what is queued, at once.
+        output = self.output
+        if output is None:
+            super().sendData(data, sync, chopsize)
+        elif output.overflowed:
+            self.transport.write(data)  # the close frame to a client given up
+        else:
+            output.send(data)
+            output.flush()
 
-    def _drop_slow_client(self) -> None:
+    def _closeConnection(self, abort: bool = False) -> None:
+        # A paused producer would keep loseConnection waiting.
+        if self.output is not None:
+            self.output.stop()
+        super()._closeConnection(abort)
+
+    def _fell_behind(self) -> None:
+        """More than ``Endpoint.max_lag`` bytes wait for this client: give it up."""
         self.log.warn(
-            "Dropping a client that does not read: over {limit} bytes wait for it",
-            limit=self.factory.endpoint.max_send_buffer,
+            "Closing a connection that does not read: over {limit} bytes wait for it",
+            limit=self.factory.endpoint.max_lag,
         )
-        if self.session is not None:
-            self.session.connection_lost()
-        self.transport.abortConnection()
+        # The close frame may never be read; Autobahn's closing-handshake
+        # timeout then drops the TCP connection.
+        self.close(CLOSE_TRY_AGAIN_LATER)
 
     def close(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
-        """Start the closing handshake with any close code (Autobahn's sendClose allows few)."""
+        """
+        Start the closing handshake with any close code (Autobahn's sendClose
+        allows few).  ``reason`` is sent as the close reason; Phoenix sends
+        none, so its closes (idle, disconnect, malformed frame) pass none.
+        """
         if self.state == self.STATE_OPEN:
             self.sendCloseFrame(code, reason.encode("utf-8")[:120] if reason else None)
             if self.session is not None:
@@ -403,7 +378,6 @@ class PhoenixServerFactory(WebSocketServerFactory):
         self._batched_timer = _ReactorTimer(endpoint.reactor)
         #: The open connections, for the idle timeout.
         self.idle = IdleSweeper(endpoint.reactor, socket_class.timeout)
-        self.flusher = Flusher(endpoint.reactor)
         self.setProtocolOptions(
             # Fail with a close frame (1007, 1009, 1002), not a bare TCP drop.
             failByDrop=False,
@@ -417,28 +391,23 @@ class PhoenixServerFactory(WebSocketServerFactory):
         )
 
 
-class Flusher:
+class WebSocketUpgrade(WebSocketResource):
     """
-    Writes, once per reactor turn, what each connection queued during the
-    turn: a burst of broadcasts costs each subscriber one write, not one per
-    frame.
+    ``<mount>/websocket`` as a :mod:`twisted.web` resource, for an
+    application that mounts :meth:`Endpoint.resource()
+    <twisted_phoenix.endpoint.Endpoint.resource>` in a site of its own.
+    Autobahn's resource would read a request body whole into memory: a
+    request with one, or with a method other than ``GET``, is refused with
+    400 (Phoenix's answer) before that.
     """
 
-    def __init__(self, reactor: Any) -> None:
-        self.reactor = reactor
-        self._dirty: list[PhoenixServerProtocol] = []
-
-    def dirty(self, connection: PhoenixServerProtocol) -> None:
-        """``connection`` has frames queued: flush it at the end of this turn."""
-        if not self._dirty:
-            self.reactor.callLater(0, self.flush)
-        self._dirty.append(connection)
-
-    def flush(self) -> None:
-        """Write every queued frame."""
-        dirty, self._dirty = self._dirty, []
-        for connection in dirty:
-            connection.flush()
+    def render(self, request: Any) -> Any:
+        if request.method != b"GET" or request.getHeader(b"content-length") not in (None, b"0") or (
+            request.getHeader(b"transfer-encoding") is not None
+        ):
+            request.setResponseCode(400)
+            return b""
+        return super().render(request)
 
 
 class IdleSweeper:

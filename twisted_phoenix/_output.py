@@ -1,0 +1,249 @@
+# -*- test-case-name: tests.test_output -*-
+"""
+What waits to be written to one connection, and the per-turn flusher.
+
+A broadcast is encoded and framed once; every subscriber's :class:`Output`
+then holds a *reference* to the same bytes.  An output hands its queue to
+the socket only as fast as the socket drains (it is the transport's
+streaming producer), so a client that stops reading costs the server a
+queue of references to frames that exist anyway, never a private copy of
+everything it is behind.  A client more than ``max_lag`` bytes behind is
+given up: the output calls its ``on_overflow`` and drops its queue.
+
+Frames queued during one reactor turn are written at the end of the turn by
+the :class:`Flusher`, in one write per connection.  One connection's failure
+to flush is logged and never reaches another's.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections import deque
+from itertools import islice
+from typing import Any, Callable
+
+from twisted.internet import tcp
+from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.logger import Logger
+from zope.interface import implementer
+
+__all__ = ["BATCH", "IOV_MAX", "Flusher", "StreamOutput"]
+
+#: The most bytes an output joins into one write to a transport it does not
+#: write to directly (TLS): that transport copies what it buffers.
+BATCH = 32 * 1024
+
+
+class Flusher:
+    """
+    Flushes, once per reactor turn, every output that queued something
+    during the turn: a burst of broadcasts costs each subscriber one write,
+    not one per frame.
+    """
+
+    log = Logger()
+
+    def __init__(self, reactor: IReactorTime) -> None:
+        self.reactor = reactor
+        self._dirty: list[Any] = []
+
+    def dirty(self, output: Any) -> None:
+        """``output`` has something to write: flush it at the end of this turn."""
+        if not self._dirty:
+            self.reactor.callLater(0, self.flush)
+        self._dirty.append(output)
+
+    def flush(self) -> None:
+        """Flush every dirty output; an error in one is logged, the others go on."""
+        dirty, self._dirty = self._dirty, []
+        for output in dirty:
+            try:
+                output.flush()
+            except Exception:
+                self.log.failure("Flushing {output!r} failed", output=output)
+
+
+#: Buffers handed to one ``sendmsg`` (Linux's IOV_MAX is 1024).
+IOV_MAX = 512
+
+
+@implementer(IPushProducer)
+class StreamOutput:
+    """
+    The pending output of one stream connection (a WebSocket over TCP or TLS).
+
+    On a plain TCP connection the output writes to the socket itself, with
+    ``sendmsg`` over the shared frames: nothing is joined or copied, and what
+    the kernel does not take stays here as references until the socket
+    drains.  On any other transport (TLS) it writes through the transport,
+    in batches of at most :data:`BATCH` bytes, while the transport does not
+    pause it.
+
+    :param transport: the connection's transport; the output registers itself
+        as its streaming producer.
+    :param flusher: the :class:`Flusher` that calls :meth:`flush` at the end
+        of each turn in which something was queued.
+    :param max_lag: how many bytes may wait for the client (beyond what the
+        kernel took) before it is given up.
+    :param on_overflow: called once, from :meth:`flush`, when the client is
+        more than ``max_lag`` bytes behind.  The queue is dropped already.
+    """
+
+    __slots__ = (
+        "transport",
+        "flusher",
+        "max_lag",
+        "on_overflow",
+        "overflowed",
+        "_queue",
+        "_bytes",
+        "_paused",
+        "_dirty",
+        "_socket",
+    )
+
+    def __init__(
+        self, transport: Any, flusher: Flusher, max_lag: int, on_overflow: Callable[[], None]
+    ) -> None:
+        self.transport = transport
+        self.flusher = flusher
+        self.max_lag = max_lag
+        self.on_overflow = on_overflow
+        #: Set once the client fell more than max_lag behind.
+        self.overflowed = False
+        self._queue: deque[Any] = deque()
+        self._bytes = 0
+        self._paused = False
+        self._dirty = False
+        # A TLS transport forwards unknown attributes to the TCP transport
+        # beneath it: only a plain one is written to directly.
+        self._socket = transport.getHandle() if type(transport) is tcp.Server and not transport.TLS else None
+        transport.registerProducer(self, True)
+
+    def __repr__(self) -> str:
+        return f"<StreamOutput {self._bytes} bytes queued{' paused' if self._paused else ''}>"
+
+    @property
+    def lag(self) -> int:
+        """Bytes waiting here for the client."""
+        return self._bytes
+
+    def send(self, data: bytes) -> None:
+        """Queue ``data`` (kept by reference) for the end of this turn."""
+        if self.overflowed:
+            return
+        self._queue.append(data)
+        self._bytes += len(data)
+        if self._bytes > self.max_lag and self._paused:
+            # Given up: the queue goes now (its memory with it); the owner
+            # hears of it from flush, outside whatever loop is sending.
+            self.overflowed = True
+            self._queue.clear()
+            self._bytes = 0
+        if not self._dirty:
+            self._dirty = True
+            self.flusher.dirty(self)
+
+    def flush(self) -> None:
+        """Write what the socket takes now; keep the rest for when it drains."""
+        self._dirty = False
+        if self.overflowed:
+            on_overflow, self.on_overflow = self.on_overflow, _nothing
+            on_overflow()
+        elif self._queue and not self._paused:
+            transport = self.transport
+            if transport.disconnecting or not transport.connected:
+                self._drop()
+            elif self._socket is not None:
+                self._send()
+            else:
+                self._write()
+
+    def stop(self) -> None:
+        """
+        Hand what waits to the transport and stop being its producer: call
+        before ``loseConnection``, which would wait for a paused producer.
+        """
+        queue = [bytes(data) for data in self._queue]
+        self._drop()
+        self._paused = True
+        transport = self.transport
+        if transport.producer is self:
+            transport.unregisterProducer()
+        if queue:
+            transport.writeSequence(queue)
+
+    def _drop(self) -> None:
+        self._queue.clear()
+        self._bytes = 0
+
+    def _send(self) -> None:
+        """Plain TCP: ``sendmsg`` the queued frames as they are."""
+        queue = self._queue
+        socket = self._socket
+        try:
+            if len(queue) == 1:
+                sent = socket.send(queue[0])
+            else:
+                sent = socket.sendmsg(list(islice(queue, IOV_MAX)))
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.ENOBUFS):
+                self._drop()  # the connection is gone: the reactor will say so
+                return
+            sent = 0
+        self._bytes -= sent
+        while sent:
+            head = queue[0]
+            if sent < len(head):
+                queue[0] = memoryview(head)[sent:]
+                break
+            sent -= len(head)
+            queue.popleft()
+        if queue:
+            self._wait_writable()
+
+    def _wait_writable(self) -> None:
+        """
+        The kernel took part of the queue: wait until the socket drains.
+        Twisted resumes a paused producer once its own (empty) buffer is
+        written, which is when the socket is writable again.
+        """
+        self._paused = True
+        transport = self.transport
+        transport.producerPaused = True
+        transport.startWriting()
+
+    def _write(self) -> None:
+        """Any other transport: write batches until it pauses us."""
+        queue = self._queue
+        transport = self.transport
+        while queue and not self._paused:
+            data = queue.popleft()
+            if queue and len(data) < BATCH:
+                batch = [data]
+                size = len(data)
+                while queue and size < BATCH:
+                    data = queue.popleft()
+                    batch.append(data)
+                    size += len(data)
+                data = b"".join(batch)
+            self._bytes -= len(data)
+            transport.write(data)
+
+    # -- IPushProducer -------------------------------------------------------------
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        if self._queue and not self._dirty:
+            self.flush()
+
+    def stopProducing(self) -> None:
+        self._paused = True
+        self._drop()
+
+
+def _nothing() -> None:
+    pass
