@@ -26,6 +26,9 @@ setup(
         "autobahn>=23.1",
         "txaio>=23.1",
         "pyopenssl>=23.0",
+        # twisted_phoenix.token: XChaCha20-Poly1305 and AES-GCM for encrypted
+        # tokens (already a dependency of pyOpenSSL).
+        "cryptography>=38",
         "orjson>=3.8",
     ],
     extras_require={

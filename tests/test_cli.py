@@ -18,7 +18,7 @@ from twisted_phoenix import cli
 from twisted_phoenix.config import DEV_SECRET_KEY_BASE
 from twisted_phoenix.examples.hello_sockets import SALT
 from twisted_phoenix.tap import Options
-from twisted_phoenix.token import EXPIRED, INVALID, verify
+from twisted_phoenix.token import EXPIRED, INVALID, decrypt, verify
 
 SECRET = "s" * 64
 
@@ -112,6 +112,24 @@ class TokenCommandTests(SynchronousTestCase):
         clock.advance(40)
         self.assertEqual(verify(SECRET, SALT, token, clock=clock).error, EXPIRED)
 
+    def test_encrypt(self) -> None:
+        """``--encrypt`` prints an encrypted token, which decrypts with the salt as secret."""
+        token = self.token("42", "--encrypt", "--salt", "other", "--secret-key-base", SECRET)
+        self.assertTrue(token.startswith("XCP."))
+        self.assertEqual(decrypt(SECRET, "other", token).data, 42)
+        self.assertEqual(decrypt(SECRET, SALT, token).error, INVALID)
+        self.assertEqual(verify(SECRET, "other", token).error, INVALID)
+
+    def test_compressed(self) -> None:
+        """``--compressed`` compresses a long user id, signed or encrypted."""
+        user = "user-" + "x" * 200
+        token = self.token(user, "--compressed", "--secret-key-base", SECRET)
+        self.assertTrue(token.startswith("SFMyNTY.g1A"))  # 131, 80: compressed
+        self.assertLess(len(token), len(self.token(user, "--secret-key-base", SECRET)))
+        self.assertEqual(verify(SECRET, SALT, token).data, user)
+        token = self.token(user, "--compressed", "--encrypt", "--secret-key-base", SECRET)
+        self.assertEqual(decrypt(SECRET, SALT, token).data, user)
+
     def test_bad_max_age(self) -> None:
         """A max age that is not a positive whole number is a usage error (2)."""
         for bad in ("0", "-5", "1.5", "day"):
@@ -192,7 +210,15 @@ class MainTests(SynchronousTestCase):
         """``token --help`` documents its options."""
         code, out, err = run("token", "--help")
         self.assertEqual(code, 0)
-        for option in ("USER_ID", "--salt", "--max-age", "--secret-key-base", "--env"):
+        for option in (
+            "USER_ID",
+            "--salt",
+            "--max-age",
+            "--encrypt",
+            "--compressed",
+            "--secret-key-base",
+            "--env",
+        ):
             self.assertIn(option, out)
 
     def test_version(self) -> None:

@@ -22,10 +22,13 @@ is valid UTF-8 and to :class:`bytes` otherwise, and a string (107) decodes to a
 list of ints, just as it is a list in Erlang.
 
 The decoder is meant for untrusted input.  It refuses executable terms (funs
-and exports), pids, ports, references, bit strings, improper lists and
-compressed terms; it checks every declared length against the bytes that are
-actually left before using it; it limits nesting to :data:`MAX_DEPTH`; and it
-raises :class:`ETFError` (a :class:`ValueError`) for every malformed input.
+and exports), pids, ports, references, bit strings and improper lists; it
+checks every declared length against the bytes that are actually left before
+using it; it limits nesting to :data:`MAX_DEPTH`; it inflates a compressed
+term (``term_to_binary(term, [:compressed])``) only up to
+:data:`MAX_DECOMPRESSED_SIZE` bytes, never further, whatever the term declares;
+and it raises :class:`ETFError` (a :class:`ValueError`) for every malformed
+input.
 """
 
 from __future__ import annotations
@@ -33,11 +36,26 @@ from __future__ import annotations
 import math
 import re
 import struct
+import zlib
 from typing import Any
 
-__all__ = ["Atom", "ETFError", "MAX_DEPTH", "binary_to_term", "term_to_binary"]
+__all__ = [
+    "Atom",
+    "ETFError",
+    "MAX_DECOMPRESSED_SIZE",
+    "MAX_DEPTH",
+    "binary_to_term",
+    "term_to_binary",
+]
 
 MAX_DEPTH = 100
+
+#: The default cap, in bytes, on the size of a compressed term once inflated
+#: (the size Erlang writes after tag 80, which excludes the version byte).
+MAX_DECOMPRESSED_SIZE = 64 * 1024
+
+#: The zlib level of ``term_to_binary(term, [:compressed])``.
+DEFAULT_COMPRESSION = 6
 
 VERSION = 131
 NEW_FLOAT_EXT = 70
@@ -60,7 +78,7 @@ ATOM_UTF8_EXT = 118
 SMALL_ATOM_UTF8_EXT = 119
 
 _REFUSED = {
-    COMPRESSED: "compressed terms",
+    COMPRESSED: "compressed terms inside a term",
     77: "bit strings",
     88: "pids",
     89: "ports",
@@ -111,20 +129,52 @@ class Atom(str):
 _SPECIAL_ATOMS = {"true": True, "false": False, "nil": None}
 
 
-def term_to_binary(value: Any) -> bytes:
+def term_to_binary(value: Any, *, compressed: bool | int = False) -> bytes:
     """
     Encode ``value`` as ``:erlang.term_to_binary/1`` would.
 
     Small maps are written with their keys in Erlang term order, so the
     output matches the BEAM's byte for byte for the types above.
 
+    :param compressed: ``True`` compresses as ``term_to_binary(value,
+        [:compressed])`` does (zlib level 6); an int from 0 to 9 is the level
+        of ``{:compressed, level}``, 0 meaning no compression.  As in the BEAM,
+        the result is compressed only if that makes it no longer than the
+        plain encoding, so small terms stay plain.
     :raises TypeError: for a value of a type that has no Erlang equivalent.
     :raises ETFError: for a value Erlang cannot represent, such as a NaN, a
         string with lone surrogates or an atom longer than 255 characters.
+    :raises ValueError: for a compression level outside 0 to 9.
     """
     out = bytearray([VERSION])
     _encode(value, out)
+    level = _compressionLevel(compressed)
+    if level:
+        return _compress(bytes(out), level)
     return bytes(out)
+
+
+def _compressionLevel(compressed: bool | int) -> int:
+    if compressed is True:
+        return DEFAULT_COMPRESSION
+    if compressed is False:
+        return 0
+    if type(compressed) is not int or not 0 <= compressed <= 9:
+        raise ValueError(f"compression level must be 0 to 9, not {compressed!r}")
+    return compressed
+
+
+def _compress(plain: bytes, level: int) -> bytes:
+    """
+    The BEAM's rule (``erts_term_to_binary`` in ``external.c``): zlib gets an
+    output buffer of the term's size minus 5 bytes (tag 80 and the 4-byte
+    size), and the term stays uncompressed if the stream does not fit.
+    """
+    size = len(plain) - 1  # Without the version byte.
+    deflated = zlib.compress(plain[1:], level)
+    if len(deflated) > size - 5:
+        return plain
+    return struct.pack(">BBI", VERSION, COMPRESSED, size) + deflated
 
 
 def _encode(value: Any, out: bytearray) -> None:
@@ -247,28 +297,61 @@ def _termOrder(value: Any) -> tuple[Any, ...]:
     return (11, 0)  # Unencodable anyway; _encode will complain.
 
 
-def binary_to_term(data: bytes) -> Any:
+def binary_to_term(
+    data: bytes, *, max_decompressed_size: int = MAX_DECOMPRESSED_SIZE
+) -> Any:
     """
-    Decode a term written by ``:erlang.term_to_binary/1``, refusing anything
+    Decode a term written by ``:erlang.term_to_binary/1,2``, refusing anything
     unsafe.
 
     Binaries decode to :class:`str` if they are valid UTF-8 and to :class:`bytes`
     otherwise; ``true``, ``false`` and ``nil`` decode to ``True``, ``False`` and
     ``None``; other atoms decode to :class:`Atom`.
 
+    A compressed term (tag 80) is inflated only if the size it declares is at
+    most ``max_decompressed_size``, and never beyond that size plus one byte,
+    so a few bytes that would inflate to megabytes cost no more than the cap.
+
     :raises ETFError: if ``data`` is malformed, truncated, followed by trailing
         bytes, nested deeper than :data:`MAX_DEPTH`, or holds a term this module
-        refuses, or a map key that is unhashable or duplicated in Python.
+        refuses, or a map key that is unhashable or duplicated in Python; or if
+        it is compressed and declares more than ``max_decompressed_size``
+        bytes, or does not inflate to exactly the size it declares.
     """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise ETFError(f"expected bytes, not {type(data).__name__}")
     decoder = _Decoder(bytes(data))
     if decoder.take(1)[0] != VERSION:
         raise ETFError("unknown external term format version")
+    if decoder.data[1:2] == bytes([COMPRESSED]):
+        decoder = _Decoder(_inflate(decoder.data, max_decompressed_size))
     term = decoder.term(0)
     if decoder.pos != len(decoder.data):
         raise ETFError("trailing bytes after term")
     return term
+
+
+def _inflate(data: bytes, limit: int) -> bytes:
+    """
+    The term inside ``data`` (``131, 80, size:32, zlib stream``), inflated to
+    at most ``limit`` bytes; the result has no version byte.
+    """
+    if len(data) < 6:
+        raise ETFError("truncated compressed term")
+    (size,) = struct.unpack(">I", data[2:6])
+    if size > limit:
+        raise ETFError(f"compressed term declares {size} bytes, over the {limit}-byte cap")
+    inflater = zlib.decompressobj()
+    try:
+        # One byte more than declared is enough to tell a lie from the truth.
+        plain = inflater.decompress(data[6:], size + 1)
+    except zlib.error as e:
+        raise ETFError(f"bad compressed term: {e}") from None
+    if len(plain) != size:
+        raise ETFError("compressed term does not inflate to its declared size")
+    if not inflater.eof or inflater.unconsumed_tail or inflater.unused_data:
+        raise ETFError("compressed term is truncated or followed by other bytes")
+    return plain
 
 
 class _Decoder:

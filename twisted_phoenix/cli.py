@@ -8,7 +8,8 @@ The ``twisted-phoenix`` command.
     secret is resolved exactly as ``twistd phoenix`` resolves it
     (``--secret-key-base``, else ``SECRET_KEY_BASE``, else, outside
     ``prod``, the public development secret), so with nothing configured
-    both sides agree.
+    both sides agree.  ``--encrypt`` prints an encrypted token instead
+    (``Phoenix.Token.encrypt/4``), ``--compressed`` compresses the data.
 
 ``twisted-phoenix secret``
     Print a fresh random secret key base, as ``mix phx.gen.secret`` does.
@@ -32,7 +33,7 @@ from typing import Any, Callable, Sequence, TextIO
 
 from . import __version__
 from .config import DEV_SECRET_KEY_BASE, ConfigError, resolve_env, resolve_secret
-from .token import DEFAULT_MAX_AGE, generate_secret, sign
+from .token import DEFAULT_MAX_AGE, encrypt, generate_secret, sign
 
 __all__ = ["COMMANDS", "Command", "UsageError", "build_parser", "main", "parse_user_id"]
 
@@ -104,6 +105,19 @@ def _configure_token(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help=f"seconds the token stays valid (default: {DEFAULT_MAX_AGE})",
     )
+    parser.add_argument(
+        "--encrypt",
+        action="store_true",
+        help=(
+            "encrypt the token (Phoenix.Token.encrypt/4), with the salt as its secret; "
+            "the demo's /auth_socket only accepts signed tokens"
+        ),
+    )
+    parser.add_argument(
+        "--compressed",
+        action="store_true",
+        help="compress the data, as Phoenix.Token's compressed: true does",
+    )
     _add_secret_options(parser)
 
 
@@ -137,7 +151,14 @@ def _resolve_secret(args: argparse.Namespace, stderr: TextIO) -> str:
 
 def _run_token(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     secret = _resolve_secret(args, stderr)
-    token = sign(secret, args.salt, parse_user_id(args.user_id), max_age=args.max_age)
+    make = encrypt if args.encrypt else sign
+    token = make(
+        secret,
+        args.salt,
+        parse_user_id(args.user_id),
+        max_age=args.max_age,
+        compressed=args.compressed,
+    )
     stdout.write(token + "\n")
     return 0
 
