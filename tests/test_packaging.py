@@ -311,6 +311,9 @@ class ReadmeTests(SynchronousTestCase):
         lines = [line for line in ci.splitlines() if line.strip() and not line.lstrip().startswith("#")]
         self.assertEqual(lines[-1], command)
         self.assertEqual(lines[-3:-1], ["python3 -m venv .venv", ". .venv/bin/activate"])
+        # The virtualenv the README tells a user to make first.
+        readme = (ROOT / "README.rst").read_text(encoding="utf-8")
+        self.assertRegex(readme, r"(?m)^ +python3 -m venv \.venv && \. \.venv/bin/activate$")
 
     def test_readme_run_command(self) -> None:
         """The README's run command installs the package and starts ``twistd -n phoenix``."""
