@@ -36,9 +36,11 @@ setup(
             "pytest",
             "pytest-twisted",
             "hypothesis",
-            # tests/test_packaging.py builds a wheel without build isolation.
+            # tests/test_packaging.py builds a wheel without build isolation
+            # and installs it with pip --python (pip 22.3 or newer).
             "setuptools>=64",
             "wheel",
+            "pip>=22.3",
             # tests/test_docs.py builds the documentation.
             "sphinx",
         ],

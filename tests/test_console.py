@@ -1,7 +1,8 @@
 """
-Tests for :mod:`twisted_phoenix.console`: the evaluator, and the console
-run as a real child process (``-c`` and piped input) against nodes in this
-process.
+Tests for :mod:`twisted_phoenix.console`: the evaluator, the wait for the
+cluster mesh, the console run as a real child process (``-c`` and piped
+input) against nodes in this process, and against a cluster of three
+``twistd`` processes.
 """
 
 from __future__ import annotations
@@ -11,13 +12,17 @@ import shutil
 import tempfile
 from typing import Any
 
+import orjson
 from twisted.internet import defer, reactor
+from twisted.internet.task import Clock
 from twisted.logger import LogLevel
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from twisted_phoenix.console import add_arguments, evaluate
+from twisted_phoenix.console import MESH_TIMEOUT, _MeshNode, add_arguments, evaluate, introduced, wait_for_mesh
 
+from ._client import connect
 from ._cluster import COOKIE, Collector, ClusterPKI, free_port, run_console, start_node, watch_logs
+from ._server import start_server
 
 TIMEOUT = 20.0
 
@@ -58,6 +63,106 @@ class EvaluateTests(SynchronousTestCase):
         self.assertRaises(NameError, evaluate, "undefined_name", {})
 
 
+class FakeLink:
+    """A link whose peer introduced ``nodes`` in its hello."""
+
+    def __init__(self, nodes: dict[str, str]) -> None:
+        self.info = {"nodes": nodes}
+
+
+class FakeNode:
+    """What :func:`wait_for_mesh` reads of a Node: its name, links and node-up callbacks."""
+
+    def __init__(self, name: str = "me@127.0.0.1") -> None:
+        self.name = name
+        self.links: dict[str, FakeLink] = {}
+        self.node_up_callbacks: list[Any] = []
+        self.connecting: dict[str, defer.Deferred[bool]] = {}
+
+    def link_up(self, peer: str, *introduces: str) -> None:
+        """A link to ``peer`` comes up; ``peer`` is linked to ``introduces``."""
+        self.links[peer] = FakeLink({name: "127.0.0.1:1" for name in introduces})
+        for callback in list(self.node_up_callbacks):
+            callback(peer)
+
+    def connect(self, target: str) -> defer.Deferred[bool]:
+        d: defer.Deferred[bool] = defer.Deferred()
+        self.connecting[target] = d
+        return d
+
+    def list(self) -> list[str]:
+        return sorted(self.links)
+
+
+class WaitForMeshTests(SynchronousTestCase):
+    """Waiting until this node is linked to every node its peers introduced."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.node = FakeNode()
+
+    def assertDone(self, d: defer.Deferred[list[str]], missing: list[str]) -> None:
+        """``d`` fired with ``missing``; nothing is left waiting (callback, timer)."""
+        self.assertEqual(self.successResultOf(d), missing)
+        self.assertEqual(self.node.node_up_callbacks, [])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_no_links(self) -> None:
+        """Without links there is nothing to wait for."""
+        self.assertDone(wait_for_mesh(self.node, self.clock), [])
+
+    def test_already_formed(self) -> None:
+        """Every introduced node already linked (this node's own name aside): fires at once."""
+        self.node.link_up("a@127.0.0.1", "b@127.0.0.1", "me@127.0.0.1")
+        self.node.link_up("b@127.0.0.1", "a@127.0.0.1")
+        self.assertEqual(introduced(self.node), {"a@127.0.0.1", "b@127.0.0.1"})
+        self.assertDone(wait_for_mesh(self.node, self.clock), [])
+
+    def test_waits_for_introduced(self) -> None:
+        """Linked to A, which introduced B and C: fires once B and C are linked too."""
+        self.node.link_up("a@127.0.0.1", "b@127.0.0.1", "c@127.0.0.1")
+        d = wait_for_mesh(self.node, self.clock)
+        self.assertNoResult(d)
+        self.node.link_up("b@127.0.0.1", "a@127.0.0.1", "c@127.0.0.1")
+        self.assertNoResult(d)
+        self.node.link_up("c@127.0.0.1", "a@127.0.0.1", "b@127.0.0.1")
+        self.assertDone(d, [])
+
+    def test_transitive(self) -> None:
+        """A node introduced by a node linked while waiting is waited for too."""
+        self.node.link_up("a@127.0.0.1", "b@127.0.0.1")
+        d = wait_for_mesh(self.node, self.clock)
+        self.node.link_up("b@127.0.0.1", "a@127.0.0.1", "d@127.0.0.1")
+        self.assertNoResult(d)
+        self.node.link_up("d@127.0.0.1", "b@127.0.0.1")
+        self.assertDone(d, [])
+
+    def test_timeout(self) -> None:
+        """The wait is bounded: after the timeout it fires with the nodes still not linked."""
+        self.node.link_up("a@127.0.0.1", "c@127.0.0.1", "b@127.0.0.1")
+        d = wait_for_mesh(self.node, self.clock, timeout=5)
+        self.clock.advance(4.9)
+        self.assertNoResult(d)
+        self.clock.advance(0.1)
+        self.assertDone(d, ["b@127.0.0.1", "c@127.0.0.1"])
+        self.assertEqual(MESH_TIMEOUT, 10)
+
+    def test_connect_waits(self) -> None:
+        """The console's Node.connect fires once the nodes the new peer introduced are linked."""
+        node = _MeshNode(self.node, self.clock, MESH_TIMEOUT)
+        d = node.connect("a@127.0.0.1")
+        self.node.link_up("a@127.0.0.1", "b@127.0.0.1")
+        self.node.connecting["a@127.0.0.1"].callback(True)
+        self.assertNoResult(d)
+        self.node.link_up("b@127.0.0.1", "a@127.0.0.1")
+        self.assertIs(self.successResultOf(d), True)
+        self.assertEqual(node.list(), ["a@127.0.0.1", "b@127.0.0.1"])
+        failed = node.connect("nobody@127.0.0.1")
+        self.node.connecting["nobody@127.0.0.1"].callback(False)
+        self.assertIs(self.successResultOf(failed), False)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
 class ArgumentsTests(SynchronousTestCase):
     """The console's command line."""
 
@@ -84,6 +189,7 @@ class ArgumentsTests(SynchronousTestCase):
         self.assertIsNone(args.cookie)
         self.assertIsNone(args.epmd_port)
         self.assertIsNone(args.code)
+        self.assertEqual(args.mesh_timeout, MESH_TIMEOUT)
 
     def test_name_required(self) -> None:
         """--name is required."""
@@ -221,6 +327,60 @@ class ConsoleProcessTests(TestCase):
         self.assertOutput(run, ["['app@127.0.0.1']"])
         run = yield self.console("--name", "d@127.0.0.1", "--connect", app.name, "-c", "Node.list()")
         self.assertOutput(run, ["[]"])
+
+
+class ClusterConsoleTests(TestCase):
+    """The console against a cluster of three ``twistd`` processes."""
+
+    def setUp(self) -> None:
+        self.env = {"PHOENIX_EPMD_PORT": str(free_port()), "PHOENIX_COOKIE": COOKIE}
+
+    def start(self, name: str, *args: str) -> defer.Deferred[Any]:
+        return start_server(
+            self, "--name", f"{name}@127.0.0.1", *args, env=self.env, ready="listening for cluster links",
+            name=name, timeout=TIMEOUT,
+        )
+
+    @defer.inlineCallbacks
+    def joined(self, server: Any) -> Any:
+        """A WebSocket client of ``server`` joined to the demo's ``ping``."""
+        client = yield connect(reactor, server.port, test=self)
+        reply = yield client.request(["1", "1", "ping", "phx_join", {}])
+        self.assertEqual(reply, ["1", "1", "ping", "phx_reply", {"response": {}, "status": "ok"}])
+        return client
+
+    @defer.inlineCallbacks
+    def test_broadcast_reaches_the_whole_cluster(self) -> None:
+        """Consoles linked to A (-c) or B (piped) run their code once linked to all three; broadcasts reach C."""
+        a = yield self.start("a")
+        b = yield self.start("b", "--connect", "a@127.0.0.1")
+        c = yield self.start("c", "--connect", "a@127.0.0.1")
+        for server in (b, c):
+            yield a.child.wait_for_output(
+                lambda out, s=server: f"Node {s.child.name}@127.0.0.1 connected" in out, TIMEOUT, "the link"
+            )
+        clients = {}
+        for name, server in (("b", b), ("c", c)):
+            clients[name] = yield self.joined(server)
+        run = yield run_console(
+            self, reactor, "--name", "console@127.0.0.1", "--connect", "a@127.0.0.1",
+            "-c", "Endpoint.broadcast('ping', 'request_ping', {}); Node.list()",
+            env=self.env, timeout=TIMEOUT,
+        )
+        self.assertEqual(run.exit_code, 0, run.output())
+        self.assertEqual(run.stdout.decode().splitlines(), ["['a@127.0.0.1', 'b@127.0.0.1', 'c@127.0.0.1']"])
+        for name, client in clients.items():
+            data, _ = yield client.next_frame(TIMEOUT)
+            self.assertEqual(orjson.loads(data), ["1", None, "ping", "send_ping", {"from_node": f"{name}@127.0.0.1"}])
+        piped = yield run_console(
+            self, reactor, "--name", "piped@127.0.0.1", "--connect", "b@127.0.0.1",
+            env=self.env, timeout=TIMEOUT,
+            stdin=b"Endpoint.broadcast('ping', 'request_ping', {})\nNode.list()\n",
+        )
+        self.assertEqual(piped.exit_code, 0, piped.output())
+        self.assertEqual(piped.stdout.decode().splitlines(), ["['a@127.0.0.1', 'b@127.0.0.1', 'c@127.0.0.1']"])
+        data, _ = yield clients["c"].next_frame(TIMEOUT)
+        self.assertEqual(orjson.loads(data), ["1", None, "ping", "send_ping", {"from_node": "c@127.0.0.1"}])
 
 
 class InteractiveConsoleTests(TestCase):

@@ -12,6 +12,15 @@ its result shown.
 On a terminal the prompt is Twisted's manhole, with the reactor running;
 with piped input, each statement is run in turn; ``-c CODE`` runs the code
 once, waits for any Deferred it produces, and exits.
+
+A broadcast reaches only the nodes this one is linked to, and linking to one
+node of a cluster links to the others a moment later (the node introduces
+its peers).  So the console waits for that mesh before it runs anything:
+after ``--connect``, the prompt, piped statements and ``-c`` start once this
+node is linked to every node its peers introduced (:func:`wait_for_mesh`),
+and ``Node.connect(name)`` in the console fires only then.  The wait is
+bounded (``--mesh-timeout``, 10 s); nodes still not linked then are named on
+standard error, and the console goes on.
 """
 
 from __future__ import annotations
@@ -28,9 +37,12 @@ from twisted.internet import defer
 from twisted.internet.error import ReactorNotRunning
 from twisted.logger import Logger
 
-__all__ = ["add_arguments", "evaluate", "run"]
+__all__ = ["MESH_TIMEOUT", "add_arguments", "evaluate", "introduced", "run", "wait_for_mesh"]
 
 log = Logger()
+
+#: Seconds the console waits for the nodes its peers introduce to be linked.
+MESH_TIMEOUT = 10.0
 
 
 def evaluate(source: str, namespace: dict[str, Any]) -> Any:
@@ -45,6 +57,92 @@ def evaluate(source: str, namespace: dict[str, Any]) -> Any:
         return eval(compile(ast.Expression(last.value), "<console>", "eval"), namespace)
     exec(compile(tree, "<console>", "exec"), namespace)
     return None
+
+
+def introduced(node: Any) -> set[str]:
+    """
+    The nodes ``node``'s peers named when their links came up (each link's
+    hello lists the peer's own links), other than ``node`` itself.
+    """
+    names: set[str] = set()
+    for link in list(node.links.values()):
+        nodes = link.info.get("nodes")
+        if isinstance(nodes, dict):
+            names.update(name for name in nodes if isinstance(name, str))
+    names.discard(node.name)
+    return names
+
+
+def wait_for_mesh(node: Any, clock: Any, timeout: float = MESH_TIMEOUT) -> defer.Deferred[list[str]]:
+    """
+    Wait until ``node`` is linked to every node its peers introduced, and
+    to those these introduce in turn: the transitive mesh that linking to one
+    node of a cluster starts.
+
+    :param node: a started :class:`~twisted_phoenix.cluster.Node`.
+    :param clock: provides ``callLater``.
+    :param timeout: seconds to wait at most.
+    :return: a Deferred that fires with the sorted names still not linked:
+        ``[]`` once the mesh is formed (at once if it already is), or what
+        is missing after ``timeout`` seconds.
+    """
+    d: defer.Deferred[list[str]] = defer.Deferred()
+
+    def missing() -> list[str]:
+        return sorted(introduced(node) - set(node.links))
+
+    def finish(names: list[str]) -> None:
+        if node_up in node.node_up_callbacks:
+            node.node_up_callbacks.remove(node_up)
+        if timer.active():
+            timer.cancel()
+        if not d.called:
+            d.callback(names)
+
+    def node_up(peer: str) -> None:
+        # Each new link may complete the mesh, or introduce more nodes.
+        if not missing():
+            finish([])
+
+    if not missing():
+        return defer.succeed([])
+    timer = clock.callLater(timeout, lambda: finish(missing()))
+    node.node_up_callbacks.append(node_up)
+    return d
+
+
+class _MeshNode:
+    """
+    The console's ``Node``: the node itself, except that ``connect`` fires
+    once the mesh the new link starts is formed (see :func:`wait_for_mesh`).
+    """
+
+    def __init__(self, node: Any, clock: Any, timeout: float) -> None:
+        self._node = node
+        self._clock = clock
+        self._timeout = timeout
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._node, name)
+
+    def __repr__(self) -> str:
+        return repr(self._node)
+
+    @defer.inlineCallbacks
+    def connect(self, target: str, *args: Any, **kwargs: Any) -> Any:
+        ok = yield self._node.connect(target, *args, **kwargs)
+        if ok:
+            yield _await_mesh(self._node, self._clock, self._timeout)
+        return ok
+
+
+@defer.inlineCallbacks
+def _await_mesh(node: Any, clock: Any, timeout: float) -> Any:
+    """:func:`wait_for_mesh`, telling standard error what is still missing after ``timeout``."""
+    missing = yield wait_for_mesh(node, clock, timeout)
+    if missing:
+        sys.stderr.write(f"not linked to {', '.join(missing)} after {timeout:g} s; going on\n")
+        sys.stderr.flush()
 
 
 def _settled(value: Any) -> defer.Deferred[Any]:
@@ -67,6 +165,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dist-key", help="its private key (PEM)")
     parser.add_argument("--dist-ca", help="the CA certificate that signed every node's certificate")
     parser.add_argument("-c", dest="code", help="run CODE, wait for its result, print it and exit")
+    parser.add_argument("--mesh-timeout", type=float, default=MESH_TIMEOUT, metavar="SECONDS",
+                        help="after connecting, wait at most this long for the nodes the peers introduce "
+                             f"to be linked before running anything (default {MESH_TIMEOUT:g})")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -92,7 +193,9 @@ def run(args: argparse.Namespace) -> int:
     endpoint = endpoint_class(
         reactor, node_name=args.name, secret_key_base=resolve_secret(args.secret_key_base, env), pubsub=pubsub
     )
-    namespace: dict[str, Any] = {"Node": node, "Endpoint": endpoint, "reactor": reactor}
+    namespace: dict[str, Any] = {
+        "Node": _MeshNode(node, reactor, args.mesh_timeout), "Endpoint": endpoint, "reactor": reactor,
+    }
     status = [0]
 
     @defer.inlineCallbacks
@@ -103,6 +206,7 @@ def run(args: argparse.Namespace) -> int:
                 ok = yield node.connect(target)
                 if not ok:
                     sys.stderr.write(f"could not connect to {target}\n")
+            yield _await_mesh(node, reactor, args.mesh_timeout)
             if args.code is not None:
                 status[0] = yield _run_code(args.code, namespace, node)
                 yield _shutdown(node, reactor)
