@@ -11,6 +11,7 @@ that a new client can connect, join and ping.
 from __future__ import annotations
 
 import base64
+import struct
 from typing import Any
 
 from twisted.internet import reactor, task
@@ -246,6 +247,54 @@ class MalformedFrameTests(_Offence, TestCase):
         yield self.assertOthersUnaffected()
 
 
+class CloseFrameTests(_Offence, TestCase):
+    """
+    Close frames a client may not send get 1002 (protocol error), without a
+    reason text, as Phoenix's adapters answer them.
+    """
+
+    @inlineCallbacks
+    def _closed_with_1002(self, payload: bytes) -> Any:
+        client = yield self.offender()
+        client.send_frame(8, payload)
+        reason = yield self.assertClosedWith(client, 1002)
+        self.assertEqual(reason, None)
+        self.assertEqual(self.endpoint.terminations, [("rec:offender", ("shutdown", "closed"))])
+        yield self.assertOthersUnaffected()
+
+    def test_codeBelow1000(self) -> None:
+        """Code 999: 1002."""
+        return self._closed_with_1002(struct.pack("!H", 999))
+
+    def test_code1005(self) -> None:
+        """Code 1005 (reserved for "no code"): 1002."""
+        return self._closed_with_1002(struct.pack("!H", 1005))
+
+    def test_code1006(self) -> None:
+        """Code 1006 (reserved for "abnormal closure"): 1002."""
+        return self._closed_with_1002(struct.pack("!H", 1006))
+
+    def test_code5000(self) -> None:
+        """Code 5000 (beyond the registered ranges): 1002."""
+        return self._closed_with_1002(struct.pack("!H", 5000))
+
+    def test_reasonNotUTF8(self) -> None:
+        """A valid code with a reason that is not UTF-8: 1002."""
+        return self._closed_with_1002(struct.pack("!H", 1000) + b"\xff\xfe")
+
+    def test_oneByteBody(self) -> None:
+        """A close body of one byte (half a code): 1002."""
+        return self._closed_with_1002(b"\x03")
+
+    @inlineCallbacks
+    def test_validClose(self) -> None:
+        """A valid close is answered with 1000, cleanly."""
+        client = yield self.offender()
+        client.send_frame(8, struct.pack("!H", 4000) + "bye".encode())
+        yield self.assertClosedWith(client, 1000)
+        yield self.assertOthersUnaffected()
+
+
 class OversizedInputTests(_Offence, TestCase):
     """
     Endpoint.max_frame_size bounds frames and whole messages (1009).
@@ -291,8 +340,9 @@ class OversizedInputTests(_Offence, TestCase):
         for _ in range(20):
             client.send_frame(0, b"[" * 200, fin=False)
         reason = yield self.assertClosedWith(client, 1009)
-        self.assertIn("exceeds payload limit of 1024", reason)
-        self.assertLogged("failing WebSocket connection (code=1009)", LogLevel.warn)
+        self.assertEqual(reason, None)  # Phoenix's adapters send no reason text
+        self.assertLogged("Closing a connection (1009): received WebSocket message size", LogLevel.info)
+        self.assertLogged("exceeds payload limit of 1024", LogLevel.info)
         self.assertEqual(self.endpoint.terminations, [("rec:offender", ("shutdown", "closed"))])
         yield self.assertOthersUnaffected()
 
@@ -319,6 +369,10 @@ class HandshakeRefusalTests(_Offence, TestCase):
     def test_nextMinorVersion(self) -> None:
         """vsn=2.1.0 is outside ~> 2.0.0: 403."""
         return self._refused("'2.1.0' does not match", LogLevel.warn, query="vsn=2.1.0")
+
+    def test_nullOrigin(self) -> None:
+        """A page opened from disk (Origin: null): 403, as check_origin refuses a hostless origin."""
+        return self._refused("Could not check origin for Phoenix.Socket transport", LogLevel.error, origin="null")
 
     def test_unparsableVersion(self) -> None:
         """vsn=abc: 403, logged as invalid."""

@@ -5,7 +5,10 @@ Tests for :mod:`twisted_phoenix.tap`, the ``twistd phoenix`` plugin.
 from __future__ import annotations
 
 import importlib.util
+import io
 import os
+import re
+import resource
 import shutil
 import sys
 import tempfile
@@ -17,7 +20,7 @@ from twisted.application.service import IService, IServiceMaker, MultiService
 from twisted.internet import defer
 from twisted.internet.error import CannotListenError
 from twisted.internet.testing import MemoryReactor
-from twisted.logger import Logger, globalLogPublisher
+from twisted.logger import ILogObserver, Logger, LogLevel, globalLogPublisher
 from twisted.protocols.policies import WrappingFactory
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -29,7 +32,18 @@ from twisted_phoenix import Endpoint
 from twisted_phoenix.cli import main as cli_main
 from twisted_phoenix.config import DEV_SECRET_KEY_BASE
 from twisted_phoenix.examples.hello_sockets import HelloSocketsEndpoint
-from twisted_phoenix.tap import ListeningService, Options, load_endpoint_class, makeService
+from twisted_phoenix.tap import (
+    ENDPOINT_LIMITS,
+    MIN_BACKLOG,
+    ListeningService,
+    Options,
+    _twistd_log_path,
+    default_backlog,
+    load_endpoint_class,
+    makeService,
+    raise_file_limit,
+    with_backlog,
+)
 
 from ._client import HandshakeRefused, connect
 
@@ -227,6 +241,139 @@ class PluginTests(SynchronousTestCase):
     def test_no_package_init(self) -> None:
         """twistd_plugins has no __init__.py: one would hide every other Twisted plugin."""
         self.assertFalse((ROOT / "twistd_plugins" / "__init__.py").exists())
+
+
+class LimitOptionsTests(SynchronousTestCase):
+    """
+    The options that set the listen backlog, the endpoint's limits and the
+    log rotation.
+    """
+
+    def setUp(self) -> None:
+        isolate_environment(self)
+
+    def test_backlogDefault(self) -> None:
+        """The backlog is the larger of 1024 and net.core.somaxconn."""
+        path = self.mktemp()
+        for written, expected in (("4096\n", 4096), ("128", MIN_BACKLOG), ("junk", MIN_BACKLOG)):
+            with open(path, "w") as f:
+                f.write(written)
+            self.assertEqual(default_backlog(path), expected)
+        self.assertEqual(default_backlog(path + ".missing"), MIN_BACKLOG)
+        self.assertEqual(parse()["backlog"], default_backlog())
+        self.assertEqual(parse("--backlog", "77")["backlog"], 77)
+        for bad in ("0", "-1", "x"):
+            self.assertRaises(usage.UsageError, parse, "--backlog", bad)
+
+    def test_withBacklog(self) -> None:
+        """backlog=N is added to stream descriptions that have none."""
+        self.assertEqual(with_backlog("tcp:4000", 9), "tcp:4000:backlog=9")
+        self.assertEqual(with_backlog("ssl:443:privateKey=k.pem", 9), "ssl:443:privateKey=k.pem:backlog=9")
+        self.assertEqual(with_backlog("unix:/tmp/s", 9), "unix:/tmp/s:backlog=9")
+        self.assertEqual(with_backlog("tcp:4000:backlog=3", 9), "tcp:4000:backlog=3")
+        self.assertEqual(with_backlog("systemd:domain=INET:index=0", 9), "systemd:domain=INET:index=0")
+
+    def test_listensWithBacklog(self) -> None:
+        """makeService's listeners listen with the backlog."""
+        reactor = MemoryReactor()
+        factory = Site(HelloSocketsEndpoint(reactor).resource())
+        ListeningService(reactor, "tcp:4321:interface=127.0.0.1", factory, 2048).startService()
+        self.assertEqual(reactor.tcpServers, [(4321, factory, 2048, "127.0.0.1")])
+        self.assertEqual([child.backlog for child in listeners(makeService(parse("--backlog", "99")))], [99])
+
+    def test_endpointLimits(self) -> None:
+        """Each limit option sets its Endpoint attribute; without it, the class's value holds."""
+        values = {
+            "max-connections": ("max_connections", "500", 500),
+            "max-lag": ("max_lag", "65536", 65536),
+            "max-frame-size": ("max_frame_size", "2048", 2048),
+            "handshake-timeout": ("handshake_timeout", "2.5", 2.5),
+            "max-header-bytes": ("max_header_bytes", "4096", 4096),
+            "handshakes-per-turn": ("handshakes_per_turn", "8", 8),
+        }
+        self.assertEqual(sorted(values), sorted(option for option, _, _, _ in ENDPOINT_LIMITS))
+        argv = [item for option, (_, text, _) in values.items() for item in (f"--{option}", text)]
+        site = listeners(makeService(parse(*argv)))[0].factory
+        for option, (attribute, _, value) in values.items():
+            self.assertEqual(getattr(site.endpoint, attribute), value, option)
+        self.assertEqual(site.max_connections, 500)
+        self.assertEqual(site.handshakes_per_turn, 8)
+        default = listeners(makeService(parse()))[0].factory.endpoint
+        self.assertEqual(default.max_lag, Endpoint.max_lag)
+        self.assertNotIn("max_lag", vars(default))
+        for option in values:
+            for bad in ("0", "-3", "lots"):
+                self.assertRaises(usage.UsageError, parse, f"--{option}", bad)
+
+    def test_helpShowsDefaults(self) -> None:
+        """--help shows each limit's default, in order of importance (port first)."""
+        text = Options().getUsage()
+        self.assertIn("(1013). [default: 1048576]", " ".join(text.split()))
+        names = re.findall(r"^  (?:-\w, |    )--([\w-]+)", text, re.MULTILINE)
+        self.assertEqual(names[:5], ["port", "endpoint", "listen", "env", "secret-key-base"])
+        self.assertEqual(sorted(names), sorted(set(names)))
+        self.assertEqual(names[-2:], ["version", "help"])
+
+    def test_version(self) -> None:
+        """--version prints twisted_phoenix's version and exits."""
+        from twisted_phoenix import __version__
+
+        output = io.StringIO()
+        self.patch(sys, "stdout", output)
+        with self.assertRaises(SystemExit) as raised:
+            parse("--version")
+        self.assertEqual(raised.exception.code, 0)
+        self.assertTrue(output.getvalue().startswith(f"twisted_phoenix {__version__} (Twisted "))
+
+    def _twistd(self, *argv: str) -> Any:
+        # twistd's own options, as the parent of ours (a plugin's options
+        # see twistd's through .parent).
+        from twisted.scripts.twistd import ServerOptions
+
+        twistd = ServerOptions()
+        twistd.parseOptions(list(argv))
+        options = Options()
+        options.parent = twistd
+        options.parseOptions(["--port", "0"])
+        return options
+
+    def test_logRotationBounded(self) -> None:
+        """With a log file, the application gets an observer keeping at most --log-max-files files."""
+        from twisted.application.service import Application
+
+        path = os.path.join(self.mktemp(), "server.log")
+        os.makedirs(os.path.dirname(path))
+        options = self._twistd("--logfile", path)
+        options["log-max-bytes"] = 100
+        options["log-max-files"] = 2
+        application = Application("phoenix")
+        makeService(options).setServiceParent(application)
+        observer = application.getComponent(ILogObserver)
+        self.assertIsNotNone(observer)
+        for n in range(30):
+            observer({"log_format": "line {n} " + "x" * 40, "n": n, "log_time": 0.0, "log_level": LogLevel.info})
+        names = sorted(os.listdir(os.path.dirname(path)))
+        self.assertEqual(names, ["server.log", "server.log.1", "server.log.2"])
+
+    def test_noObserverForStdout(self) -> None:
+        """In the foreground without --logfile (stdout), twistd's own observer stays."""
+        from twisted.application.service import Application
+
+        application = Application("phoenix")
+        makeService(self._twistd("--nodaemon")).setServiceParent(application)
+        self.assertIsNone(application.getComponent(ILogObserver))
+        self.assertEqual(_twistd_log_path(self._twistd()), "twistd.log")
+        self.assertIsNone(_twistd_log_path(self._twistd("--syslog")))
+        self.assertIsNone(_twistd_log_path(self._twistd("--nodaemon", "--logfile", "-")))
+
+    def test_raiseFileLimit(self) -> None:
+        """The soft open-file limit is raised to the hard limit."""
+        limits: list[tuple[int, int]] = [(1024, 4096)]
+        self.patch(resource, "getrlimit", lambda which: limits[-1])
+        self.patch(resource, "setrlimit", lambda which, value: limits.append(value))
+        self.assertEqual(raise_file_limit(), (1024, 4096))
+        self.assertEqual(limits[-1], (4096, 4096))
+        self.assertEqual(raise_file_limit(), (4096, 4096))
 
 
 class MakeServiceTests(SynchronousTestCase):

@@ -316,6 +316,24 @@ class PhoenixServerProtocol(WebSocketServerProtocol):
             output.send(data)
             output.flush()
 
+    def onCloseFrame(self, code: int | None, reasonRaw: bytes | None) -> Any:
+        # A close reason that is not UTF-8 is a protocol error (1002), as
+        # Phoenix's adapters answer it; Autobahn would send 1007.
+        if reasonRaw is not None:
+            try:
+                reasonRaw.decode("utf-8")
+            except UnicodeDecodeError:
+                if self._protocol_violation("close reason is not UTF-8"):
+                    return True
+                reasonRaw = None
+        return super().onCloseFrame(code, reasonRaw)
+
+    def _fail_connection(self, code: int = 1001, reason: str = "going away") -> None:
+        # Phoenix's adapters send no close reason: log ours, send none.
+        if self.state == self.STATE_OPEN:
+            self.log.info("Closing a connection ({code}): {reason}", code=code, reason=reason)
+        super()._fail_connection(code, "")
+
     def _closeConnection(self, abort: bool = False) -> None:
         # A paused producer would keep loseConnection waiting.
         if self.output is not None:
@@ -388,6 +406,9 @@ class PhoenixServerFactory(WebSocketServerFactory):
             maxMessagePayloadSize=max_frame_size,
             openHandshakeTimeout=endpoint.handshake_timeout,
             closeHandshakeTimeout=endpoint.close_timeout,
+            # Origins are Phoenix's check_origin's to judge (onConnect):
+            # Autobahn's own check would answer 400 to "Origin: null".
+            allowNullOrigin=True,
         )
 
 
