@@ -12,7 +12,9 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.logger import LogLevel
-from twisted.trial.unittest import TestCase
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from twisted_phoenix import Channel, Endpoint, Socket, ok
 from twisted_phoenix.examples.hello_sockets import SALT, HelloSocketsEndpoint, PingChannel
@@ -486,3 +488,168 @@ class IdleTimeoutTests(_Served, TestCase):
         self.assertEqual((was_clean, code), (True, 1000))
         self.assertGreaterEqual(now - last, 1.0)
         self.assertGreaterEqual(now - start, 1.4)
+
+
+def _masked(payload: bytes, opcode: int = 1, fin: bool = True, mask: bytes = b"\x37\xfa\x21\x3d") -> bytes:
+    """One client frame, masked, as raw bytes."""
+    size = len(payload)
+    if size < 126:
+        header = bytes(((0x80 if fin else 0) | opcode, 0x80 | size))
+    elif size < 65536:
+        header = bytes(((0x80 if fin else 0) | opcode, 0x80 | 126)) + size.to_bytes(2, "big")
+    else:
+        header = bytes(((0x80 if fin else 0) | opcode, 0x80 | 127)) + size.to_bytes(8, "big")
+    return header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+class FrameParsingTests(_Served, TestCase):
+    """
+    Client frames as the transport reads them: whole small data frames are
+    parsed by the transport itself, everything else by Autobahn; both must
+    give the same messages.
+    """
+
+    @inlineCallbacks
+    def joined(self) -> Any:
+        client = yield self.connect()
+        yield client.join_and_ping("ping", "1")
+        return client
+
+    def write(self, client: Any, data: bytes) -> None:
+        client.protocol.transport.write(data)
+
+    @inlineCallbacks
+    def assertPongs(self, client: Any, refs: list[str], payloads: list[Any] | None = None) -> Any:
+        for n, ref in enumerate(refs):
+            reply = yield client.next_json()
+            expected = {"ping": "pong"} if payloads is None else payloads[n]
+            self.assertEqual(reply, ["1", ref, "ping", "phx_reply", {"response": expected, "status": "ok"}])
+
+    @inlineCallbacks
+    def test_manyFramesInOneRead(self) -> Any:
+        """Several whole frames in one TCP segment are all handled, in order."""
+        client = yield self.joined()
+        self.write(client, b"".join(_masked(b'["1","r%d","ping","ping",{}]' % n) for n in range(20)))
+        yield self.assertPongs(client, [f"r{n}" for n in range(20)])
+
+    @inlineCallbacks
+    def test_mediumFrame(self) -> Any:
+        """A frame with a 16-bit length, echoed by param_ping."""
+        client = yield self.joined()
+        pad = "é" * 3000
+        self.write(client, _masked(('["1","m","ping","param_ping",{"pad":"%s"}]' % pad).encode()))
+        yield self.assertPongs(client, ["m"], [{"pad": pad}])
+
+    @inlineCallbacks
+    def test_largeFrame(self) -> Any:
+        """A frame beyond the transport's own parser goes through Autobahn, same answer."""
+        client = yield self.joined()
+        pad = "x" * 40000
+        self.write(client, _masked(('["1","l","ping","param_ping",{"pad":"%s"}]' % pad).encode()))
+        yield self.assertPongs(client, ["l"], [{"pad": pad}])
+
+    @inlineCallbacks
+    def test_controlBetweenData(self) -> Any:
+        """A ping control frame between data frames in one read: pong and replies, in order."""
+        client = yield self.joined()
+        pongs: list[bytes] = []
+        client.protocol.onPong = pongs.append
+        self.write(
+            client,
+            _masked(b'["1","a","ping","ping",{}]') + _masked(b"hi", opcode=9) + _masked(b'["1","b","ping","ping",{}]'),
+        )
+        yield self.assertPongs(client, ["a", "b"])
+        self.assertEqual(pongs, [b"hi"])
+
+    @inlineCallbacks
+    def test_fragmented(self) -> Any:
+        """A message in two fragments, followed by a whole frame in the same read."""
+        client = yield self.joined()
+        message = b'["1","f","ping","ping",{}]'
+        self.write(
+            client,
+            _masked(message[:10], fin=False) + _masked(message[10:], opcode=0) + _masked(b'["1","g","ping","ping",{}]'),
+        )
+        yield self.assertPongs(client, ["f", "g"])
+
+    @inlineCallbacks
+    def test_binaryFrame(self) -> Any:
+        """A whole binary frame (a V2 binary push) is parsed the same way."""
+        client = yield self.connect()
+        yield client.request(["1", "1", "bin:x", "phx_join", {}])
+        push = b"\x00\x01\x01\x05\x0c" + b"1" + b"2" + b"bin:x" + b"binary_event" + b"\x01\x02"
+        self.write(client, _masked(push, opcode=2))
+        frames = [(yield client.next_frame()), (yield client.next_frame())]
+        self.assertIn((b"\x00\x01\x05\x0c1bin:xbinary_event\x00\x01", True), frames)
+
+    @inlineCallbacks
+    def test_invalidUTF8(self) -> Any:
+        """A small text frame that is not UTF-8 is still closed with 1007."""
+        client = yield self.joined()
+        self.write(client, _masked(b'["1","u","ping","ping",{"a":"\xff"}]'))
+        was_clean, code, _ = yield client.closed
+        self.assertEqual((was_clean, code), (True, 1007))
+
+    @inlineCallbacks
+    def test_unmasked(self) -> Any:
+        """An unmasked client frame is a protocol error (1002), as before."""
+        client = yield self.joined()
+        payload = b'["1","x","ping","ping",{}]'
+        self.write(client, bytes((0x81, len(payload))) + payload)
+        was_clean, code, _ = yield client.closed
+        self.assertEqual((was_clean, code), (True, 1002))
+
+    @inlineCallbacks
+    def test_emptyTextFrame(self) -> Any:
+        """An empty text frame is a malformed Phoenix message: 1011."""
+        client = yield self.joined()
+        self.write(client, _masked(b""))
+        was_clean, code, _ = yield client.closed
+        self.assertEqual((was_clean, code), (True, 1011))
+
+
+class InMemoryFrameParsingTests(SynchronousTestCase):
+    """
+    The transport's frame parsing with every possible split of the input
+    across reads, in memory.
+    """
+
+    def open(self) -> tuple[Any, StringTransport, MemoryReactorClock]:
+        clock = MemoryReactorClock()
+        endpoint = HelloSocketsEndpoint(clock, secret_key_base=SECRET)
+        protocol = endpoint.site().buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 1))
+        protocol.makeConnection(transport)
+        protocol.dataReceived(
+            b"GET /socket/websocket?vsn=2.0.0 HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        clock.advance(0)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 101 "))
+        transport.clear()
+        protocol.dataReceived(_masked(b'["1","1","ping","phx_join",{}]'))
+        clock.advance(0)
+        self.assertIn(b'"phx_reply"', transport.value())
+        transport.clear()
+        return protocol, transport, clock
+
+    def test_everySplit(self) -> None:
+        """Three frames (small, 16-bit length, ping control) split at every byte: same replies."""
+        data = (
+            _masked(b'["1","a","ping","ping",{}]')
+            + _masked(('["1","b","ping","param_ping",{"p":"%s"}]' % ("x" * 200)).encode())
+            + _masked(b"", opcode=9)
+            + _masked(b'["1","c","ping","ping",{}]')
+        )
+        expected = None
+        for cut in range(0, len(data) + 1):
+            protocol, transport, clock = self.open()
+            protocol.dataReceived(data[:cut])
+            clock.advance(0)
+            protocol.dataReceived(data[cut:])
+            clock.advance(0)
+            if expected is None:
+                expected = transport.value()
+                self.assertEqual(expected.count(b'"phx_reply"'), 3)
+                self.assertIn(b"\x8a\x00", expected)  # the pong
+            self.assertEqual(transport.value(), expected, cut)
