@@ -275,6 +275,13 @@ class SocketConnectTests(SynchronousTestCase):
             offered, ["base64url.bearer.phx." + base64.b64encode(t).decode().rstrip("=") for t in (b"one", b"two")]
         )
 
+    def test_badUrl(self) -> None:
+        """The default transport refuses a URL that is not ws:// or wss:// at connect(); nothing is left half-made."""
+        socket = Socket("http://example.test/socket", reactor=Clock())
+        self.assertRaises(ValueError, socket.connect)
+        self.assertIsNone(socket.connection)
+        self.assertEqual(socket.connection_state(), "closed")
+
     def test_unknownVsn(self) -> None:
         """A vsn with no client serializer is refused at once."""
         self.assertRaises(ValueError, Socket, URL, reactor=Clock(), vsn="3.0.0")

@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_client -*-
 """
-The contract between a :class:`~twisted_phoenix.client.Socket` and the
+The contract between a :class:`~twisted_phoenix.client.socket.Socket` and the
 transport that moves its frames (phoenix.js's ``transport`` option).
 
 A transport factory is called as ``factory(url, protocols, handler)`` for
@@ -99,4 +99,5 @@ class Transport(Protocol):
         """Close (with a closing handshake when open); a no-op once closing."""
 
 
+#: ``factory(url, protocols, handler)`` → a :class:`Transport`.
 TransportFactory = Callable[[str, Optional[Sequence[str]], TransportHandler], Transport]

@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_client -*-
 """
 phoenix.js's ``Channel``: one topic joined over a
-:class:`~twisted_phoenix.client.Socket`.
+:class:`~twisted_phoenix.client.socket.Socket`.
 
 The states and their transitions are phoenix.js's: ``closed`` → ``joining``
 (:meth:`Channel.join`) → ``joined`` on an ``ok`` reply; ``errored`` after an
@@ -48,7 +48,7 @@ class _Binding:
 
 class Channel:
     """
-    A topic over a socket; made by :meth:`Socket.channel <twisted_phoenix.client.Socket.channel>`.
+    A topic over a socket; made by :meth:`Socket.channel <twisted_phoenix.client.socket.Socket.channel>`.
 
     :ivar topic: the topic.
     :ivar state: ``"closed"``, ``"joining"``, ``"joined"``, ``"errored"`` or ``"leaving"``.
@@ -92,9 +92,9 @@ class Channel:
         :param timeout: seconds to wait for the reply (the socket's
             ``timeout`` by default); it becomes this channel's default.
         :return: a Deferred firing with the join reply's response, or failing
-            with :class:`~twisted_phoenix.client.ReplyError` (the server
+            with :class:`~twisted_phoenix.client.push.ReplyError` (the server
             refused: the channel keeps retrying with the rejoin backoff until
-            :meth:`leave`) or :class:`~twisted_phoenix.client.PushTimeout`.
+            :meth:`leave`) or :class:`~twisted_phoenix.client.push.PushTimeout`.
         :raises RuntimeError: when called a second time.
         """
         if self.joined_once:
@@ -115,8 +115,8 @@ class Channel:
         push waits in a buffer (its timeout running), as in phoenix.js.
 
         :return: a Deferred firing with the reply's response, or failing with
-            :class:`~twisted_phoenix.client.ReplyError`,
-            :class:`~twisted_phoenix.client.PushTimeout` (also when the server
+            :class:`~twisted_phoenix.client.push.ReplyError`,
+            :class:`~twisted_phoenix.client.push.PushTimeout` (also when the server
             never replies to this event), or the encoding error (``TypeError``)
             of a payload the serializer cannot carry.
         :raises RuntimeError: before :meth:`join`.
@@ -144,7 +144,7 @@ class Channel:
         timeout; at once when not joined.
 
         :return: a Deferred firing with the reply's response (``{}`` when
-            not joined), or failing with :class:`~twisted_phoenix.client.PushTimeout`.
+            not joined), or failing with :class:`~twisted_phoenix.client.push.PushTimeout`.
         """
         return self._leave(timeout).deferred()
 

@@ -45,7 +45,7 @@ def _refs(presence: Mapping[str, Any]) -> list[Any]:
 
 class Presence:
     """
-    Follows the presence of a :class:`~twisted_phoenix.client.Channel`'s topic.
+    Follows the presence of a :class:`~twisted_phoenix.client.channel.Channel`'s topic.
 
     :param channel: the channel (joined before or after); anything with
         ``on(event, callback)`` and ``join_ref()`` does.

@@ -2,7 +2,7 @@
 """
 phoenix.js's ``Push``: one message to the server and the hooks waiting for
 its reply, plus the :class:`~twisted.internet.defer.Deferred` view of it
-that :class:`~twisted_phoenix.client.Channel` returns.
+that :class:`~twisted_phoenix.client.channel.Channel` returns.
 """
 
 from __future__ import annotations

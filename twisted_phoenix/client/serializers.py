@@ -37,7 +37,7 @@ def _dumps(value: Any) -> bytes:
 
 
 class ClientSerializer(Protocol):
-    """What a :class:`~twisted_phoenix.client.Socket` needs from a serializer."""
+    """What a :class:`~twisted_phoenix.client.socket.Socket` needs from a serializer."""
 
     vsn: str
 

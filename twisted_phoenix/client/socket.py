@@ -2,7 +2,7 @@
 """
 phoenix.js's ``Socket`` (and its ``Connection``): one connection to a
 Phoenix socket, kept alive by heartbeats and reconnects, carrying any
-number of :class:`~twisted_phoenix.client.Channel` objects.
+number of :class:`~twisted_phoenix.client.channel.Channel` objects.
 """
 
 from __future__ import annotations
@@ -292,9 +292,9 @@ class Socket:
         """
         if self.is_connected():
             return defer.succeed(self)
+        self._connect()
         d: defer.Deferred[Socket] = defer.Deferred(lambda d: self._open_waiters.remove(d))
         self._open_waiters.append(d)
-        self._connect()
         return d
 
     def _connect(self) -> None:
@@ -330,8 +330,9 @@ class Socket:
         if self.auth_token is not None:
             token = base64.b64encode(self.auth_token().encode("utf-8")).decode("ascii").replace("=", "")
             protocols = ["phoenix", f"{AUTH_TOKEN_PREFIX}{token}"]
-        connection = self.connection = _Connection(self)
+        connection = _Connection(self)
         connection.transport = self.transport_factory(self.endpoint_url(), protocols, connection)
+        self.connection = connection
         log.debug("connecting to {url}", url=self.end_point)
         if previous is not None and previous.is_open():
             self._trigger_chan_error("connection_closed", previous)
@@ -343,7 +344,7 @@ class Socket:
         return self._register("open", callback)
 
     def on_close(self, callback: Callable[[CloseEvent], Any]) -> int:
-        """Call ``callback(event)`` (a :class:`~twisted_phoenix.client.CloseEvent`) whenever a connection closes."""
+        """Call ``callback(event)`` (a :class:`~twisted_phoenix.client._transport.CloseEvent`) whenever a connection closes."""
         return self._register("close", callback)
 
     def on_error(self, callback: Callable[[BaseException], Any]) -> int:
@@ -375,7 +376,7 @@ class Socket:
 
     def channel(self, topic: str, params: Any = None) -> Channel:
         """
-        A new :class:`~twisted_phoenix.client.Channel` for ``topic``, joined
+        A new :class:`~twisted_phoenix.client.channel.Channel` for ``topic``, joined
         with ``params`` (a dict, or a callable returning one for each join).
         """
         chan = Channel(topic, params, self)
