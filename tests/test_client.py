@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import os
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase

@@ -428,10 +428,6 @@ class Socket:
 
         :raises TypeError: when the serializer cannot encode the payload.
         """
-        log.debug(
-            "push {topic} {event} ({join_ref}, {ref})",
-            topic=message.topic, event=message.event, join_ref=message.join_ref, ref=message.ref,
-        )
         data, binary = self.serializer.encode(message)
         if self.is_connected():
             self._send(message, data, binary, channel)

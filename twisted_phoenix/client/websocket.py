@@ -62,7 +62,9 @@ class _Call:
 class _ClientProtocol(WebSocketClientProtocol):
     """Autobahn's events, forwarded to the owning :class:`WebSocketTransport`."""
 
-    owner: WebSocketTransport
+    @property
+    def owner(self) -> WebSocketTransport:
+        return self.factory.owner  # type: ignore[no-any-return]
 
     def onConnect(self, response: Any) -> None:
         self.owner.protocol = response.protocol or None
@@ -163,6 +165,7 @@ class WebSocketTransport:
             url, protocols=list(protocols or []), reactor=reactor, headers=dict(headers or {})
         )
         factory.protocol = _ClientProtocol
+        factory.owner = self
         factory._batched_timer = _ReactorTimer(reactor)
         factory.setProtocolOptions(
             openHandshakeTimeout=connect_timeout,
@@ -231,7 +234,6 @@ class WebSocketTransport:
 
     def _connected(self, ws: _ClientProtocol) -> None:
         self._connecting = None
-        ws.owner = self
         self._ws = ws
         if self.ready_state == CLOSING:  # closed while the TCP connection was made
             ws.transport.abortConnection()
@@ -247,6 +249,7 @@ class WebSocketTransport:
 
     def _opened(self, ws: _ClientProtocol) -> None:
         if self.ready_state == CONNECTING:
+            self._ws = ws
             self.ready_state = OPEN
             self._opened_once = True
             self.handler.transport_open()
