@@ -581,6 +581,33 @@ class ChannelJoinTests(SynchronousTestCase):
         h.reply(h.last("phx_join"))
         self.assertEqual(self.successResultOf(d), {})
 
+    def test_joinWhileConnectingSurvivesFailures(self) -> None:
+        """
+        A join made while the socket connects is errored once by a failed
+        attempt (not again by its close or later failures) and sent once, on
+        the first open, with a fresh join_ref.
+        """
+        h = Harness()
+        channel = h.socket.channel("room:lobby")
+        errors: list[Any] = []
+        channel.on_error(errors.append)
+        d = channel.join()
+        first_ref = channel.join_ref()
+        h.socket.connect()
+        h.transport.fail()
+        self.assertEqual(errors, [{"source": "transport", "reason": "connection_error"}])
+        self.assertTrue(channel.is_errored())
+        h.clock.advance(0.01)
+        h.transport.fail()
+        self.assertEqual(len(errors), 1)
+        h.clock.advance(0.05)
+        h.transport.open()
+        (join,) = h.sent()
+        self.assertEqual(join.event, "phx_join")
+        self.assertNotEqual(join.join_ref, first_ref)
+        h.reply(join)
+        self.assertEqual(self.successResultOf(d), {})
+
     def test_joinTwice(self) -> None:
         """join() may be called once per channel."""
         h = Harness()
