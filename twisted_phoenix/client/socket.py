@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_client -*-
 """
-phoenix.js's ``Socket`` (and its ``Connection``): one connection to a
+phoenix.js's ``Socket``: one connection to a
 Phoenix socket, kept alive by heartbeats and reconnects, carrying any
 number of :class:`~twisted_phoenix.client.channel.Channel` objects.
 """
@@ -8,10 +8,8 @@ number of :class:`~twisted_phoenix.client.channel.Channel` objects.
 from __future__ import annotations
 
 import base64
-import weakref
 from functools import partial
 from typing import Any, Callable, Mapping, Sequence
-from urllib.parse import quote
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall
@@ -19,8 +17,10 @@ from twisted.logger import Logger
 
 from ..message import HEARTBEAT, HEARTBEAT_TOPIC, PHX_JOIN, PHX_LEAVE, PHX_ERROR, Message
 from ..serializers import DecodeError
+from ._connection import Connection
+from ._params import append_params
 from ._timer import Backoff, Timer, default_reconnect_after, default_rejoin_after
-from ._transport import CLOSED, CLOSING, CONNECTING, OPEN, CloseEvent, Transport, TransportFactory
+from ._transport import CLOSING, CONNECTING, OPEN, CloseEvent, Transport, TransportFactory
 from .channel import Channel
 from .serializers import ClientSerializer, for_vsn
 
@@ -32,10 +32,6 @@ log = Logger()
 AUTH_TOKEN_PREFIX = "base64url.bearer.phx."
 WS_CLOSE_NORMAL = 1000
 
-#: phoenix.js polls a closing transport at 150, 300, 450 and 600 ms before
-#: giving up on it; the wait here ends on the close event, or after as long.
-_CLOSE_WAIT = 0.15 + 0.30 + 0.45 + 0.60
-
 
 class Disconnected(Exception):
     """:meth:`Socket.disconnect` was called before the connection opened."""
@@ -43,130 +39,6 @@ class Disconnected(Exception):
 
 def _closure(value: Any) -> Callable[[], Any]:
     return value if callable(value) else (lambda: value)
-
-
-def _scalar(value: Any) -> str:
-    if value is True:
-        return "true"
-    if value is False:
-        return "false"
-    if value is None:
-        return "null"
-    return str(value)
-
-
-def serialize_params(params: Any, parent_key: str | None = None) -> str:
-    """
-    phoenix.js's ``Ajax.serialize``: ``{"a": 1, "b": {"c": "d"}}`` →
-    ``a=1&b[c]=d`` (keys and values percent-encoded as
-    ``encodeURIComponent`` does; lists as ``k[0]=…&k[1]=…``).
-    """
-    if isinstance(params, Mapping):
-        items: Any = params.items()
-    else:
-        items = enumerate(params)
-    parts = []
-    for key, value in items:
-        param_key = f"{parent_key}[{key}]" if parent_key else str(key)
-        if isinstance(value, (Mapping, list, tuple)):
-            parts.append(serialize_params(value, param_key))
-        else:
-            parts.append(quote(param_key, safe="-_.!~*'()") + "=" + quote(_scalar(value), safe="-_.!~*'()"))
-    return "&".join(parts)
-
-
-def append_params(url: str, params: Mapping[str, Any]) -> str:
-    """phoenix.js's ``Ajax.appendParams``."""
-    if not params:
-        return url
-    prefix = "&" if "?" in url else "?"
-    return f"{url}{prefix}{serialize_params(params)}"
-
-
-class _Connection:
-    """
-    phoenix.js's ``Connection``: one transport and what the socket knows
-    about it; events of a replaced connection no longer reach the socket.
-    """
-
-    def __init__(self, socket: Socket) -> None:
-        self.socket = socket
-        self.transport: Transport = None  # type: ignore[assignment]
-        #: channel → the join_ref of the join sent over this connection.
-        self.joins: weakref.WeakKeyDictionary[Channel, Any] = weakref.WeakKeyDictionary()
-        self.pings: dict[str, Callable[[], Any]] = {}
-        self.closing = False
-        self.ended = False
-        self.channels_errored = False
-        self.close_handled = False
-        self._errors_muted = False
-        self._closed = False
-        self._close_waiters: list[Callable[[], Any]] = []
-
-    # -- TransportHandler -------------------------------------------------------------------
-
-    def transport_open(self) -> None:
-        if self.is_current():
-            self.socket._on_conn_open()
-
-    def transport_error(self, error: BaseException) -> None:
-        if self.is_current() and not self._errors_muted:
-            self.socket._on_conn_error(error)
-
-    def transport_message(self, data: bytes, binary: bool) -> None:
-        if self.is_current():
-            self.socket._on_conn_message(data, binary)
-
-    def transport_close(self, event: CloseEvent) -> None:
-        self._closed = True
-        try:
-            if self.is_current() and not self.close_handled:
-                self.close_handled = True
-                self.socket._on_conn_close(event)
-        finally:
-            waiters, self._close_waiters = self._close_waiters, []
-            for waiter in waiters:
-                waiter()
-
-    # -- state ------------------------------------------------------------------------------
-
-    def is_current(self) -> bool:
-        return self.socket.connection is self
-
-    def is_open(self) -> bool:
-        return self.transport.ready_state == OPEN
-
-    def is_connecting(self) -> bool:
-        return self.transport.ready_state == CONNECTING
-
-    def carried(self, channel: Channel, join_ref: Any = None) -> bool:
-        """Whether ``channel``'s current join was sent over this connection."""
-        if join_ref is None:
-            join_ref = channel.join_ref()
-        return channel in self.joins and self.joins[channel] == join_ref
-
-    def close(self, code: int | None = None, reason: str | None = None) -> None:
-        """Close the transport; its close event then only confirms our close."""
-        self.closing = True
-        self._errors_muted = True
-        self.transport.close(code, reason or "")
-
-    def wait_closed(self, callback: Callable[[], Any]) -> None:
-        """Call ``callback`` once the transport closed, or after :data:`_CLOSE_WAIT` seconds."""
-        if self._closed or self.transport.ready_state == CLOSED:
-            callback()
-            return
-        done = []
-
-        def once() -> None:
-            if not done:
-                done.append(True)
-                if call.active():
-                    call.cancel()
-                callback()
-
-        call = self.socket.reactor.callLater(_CLOSE_WAIT, once)
-        self._close_waiters.append(once)
 
 
 class Socket:
@@ -250,7 +122,7 @@ class Socket:
         self.transport_factory: TransportFactory = transport
         self.established_connections = 0
         self.close_was_clean = True
-        self.connection: _Connection | None = None
+        self.connection: Connection | None = None
         self.connect_clock = 1
         self.heartbeat_interval = heartbeat_interval
         self.rejoin_after = rejoin_after
@@ -330,7 +202,7 @@ class Socket:
         if self.auth_token is not None:
             token = base64.b64encode(self.auth_token().encode("utf-8")).decode("ascii").replace("=", "")
             protocols = ["phoenix", f"{AUTH_TOKEN_PREFIX}{token}"]
-        connection = _Connection(self)
+        connection = Connection(self)
         connection.transport = self.transport_factory(self.endpoint_url(), protocols, connection)
         self.connection = connection
         log.debug("connecting to {url}", url=self.end_point)
@@ -527,7 +399,7 @@ class Socket:
 
         self._teardown(torn_down)
 
-    def _still_uses(self, connection: _Connection | None) -> bool:
+    def _still_uses(self, connection: Connection | None) -> bool:
         return self.connection is connection and not (connection is not None and connection.ended)
 
     def _teardown(
@@ -593,7 +465,7 @@ class Socket:
         self._run_callbacks("error", error)
         self._trigger_chan_error("connection_error", connection)
 
-    def _trigger_chan_error(self, reason: str, connection: _Connection | None | Any = ...) -> None:
+    def _trigger_chan_error(self, reason: str, connection: Connection | None | Any = ...) -> None:
         """Error the channels: they rejoin once a connection is open again."""
         if connection is ...:
             connection = self.connection
