@@ -305,6 +305,24 @@ class LimitOptionsTests(SynchronousTestCase):
             for bad in ("0", "-3", "lots"):
                 self.assertRaises(usage.UsageError, parse, f"--{option}", bad)
 
+    def test_presenceOptions(self) -> None:
+        """The presence options reach the endpoint's tracker; impossible combinations are usage errors."""
+        options = parse("--presence-broadcast", "0.5", "--presence-down", "5", "--presence-permdown", "60")
+        endpoint_class = options["endpoint_class"]
+        self.assertTrue(issubclass(endpoint_class, HelloSocketsEndpoint))
+        self.assertEqual(endpoint_class.__name__, "HelloSocketsEndpoint")
+        self.assertEqual(HelloSocketsEndpoint.presence_options, {})  # the app's class is left alone
+        endpoint = listeners(makeService(options))[0].factory.endpoint
+        tracker = endpoint.presence.tracker
+        self.assertEqual(
+            (tracker.broadcast_period, tracker.down_period, tracker.permdown_period, tracker.max_silent_periods),
+            (0.5, 5.0, 60.0, 10),
+        )
+        self.assertIs(parse()["endpoint_class"], HelloSocketsEndpoint)
+        self.assertRaises(usage.UsageError, parse, "--presence-down", "1", "--presence-broadcast", "1")
+        self.assertRaises(usage.UsageError, parse, "--presence-permdown", "10")
+        self.assertRaises(usage.UsageError, parse, "--presence-down", "soon")
+
     def test_helpShowsDefaults(self) -> None:
         """--help shows each limit's default, in order of importance (port first)."""
         text = Options().getUsage()

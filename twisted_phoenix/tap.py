@@ -100,6 +100,18 @@ ENDPOINT_LIMITS: list[tuple[str, str, Callable[[str], Any], str]] = [
      "WebSocket handshakes and HTTP requests handled per reactor turn during a connect storm."),
 ]
 
+#: ``twistd phoenix`` options for the presence tracker: ``(option, tracker
+#: option, parser, help)``; they override the endpoint class's
+#: ``presence_options``.
+PRESENCE_OPTIONS: list[tuple[str, str, Callable[[str], Any], str]] = [
+    ("presence-broadcast", "broadcast_period", _positive(float),
+     "Presence: seconds between gossip rounds to the other nodes [default: 1.5]."),
+    ("presence-down", "down_period", _positive(float),
+     "Presence: seconds a silent node's presences stay listed [default: 30]."),
+    ("presence-permdown", "permdown_period", _positive(float),
+     "Presence: seconds of silence after which a node's presences are dropped for good [default: 1200]."),
+]
+
 
 def load_endpoint_class(spec: str) -> type[Endpoint]:
     """
@@ -130,6 +142,7 @@ _OPTION_ORDER = [
     "dist-interface", "dist-port", "dist-cert", "dist-key", "dist-ca", "epmd-port",
     "heartbeat-interval", "heartbeat-timeout", "no-http", "backlog",
     *[option for option, _, _, _ in ENDPOINT_LIMITS],
+    *[option for option, _, _, _ in PRESENCE_OPTIONS],
     "log-max-bytes", "log-max-files", "version", "help",
 ]
 
@@ -165,9 +178,10 @@ class Options(usage.Options):
         ["heartbeat-timeout", None, "3.0", "Seconds of silence after which a peer node is dropped."],
         ["backlog", None, None, "Connections the kernel queues until accepted (default: the larger of 1024 and net.core.somaxconn)."],
         *[
-            [option, None, None, f"{text} [default: {getattr(Endpoint, attribute)}]"]
+            [option, None, None, text if getattr(Endpoint, attribute) is None else f"{text} [default: {getattr(Endpoint, attribute)}]"]
             for option, attribute, _, text in ENDPOINT_LIMITS
         ],
+        *[[option, None, None, text] for option, _, _, text in PRESENCE_OPTIONS],
         ["log-max-bytes", None, "10000000", "With a log file (--logfile, or when daemonized): rotate it at this size."],
         ["log-max-files", None, "10", "With a log file: keep this many rotated files (older ones are deleted)."],
     ]
@@ -253,12 +267,22 @@ class Options(usage.Options):
                 except ValueError:
                     raise usage.UsageError(f"--{option} takes a positive number, not {self[option]!r}") from None
         self["limits"] = limits
+        presence = {}
+        for option, name, parse, _ in PRESENCE_OPTIONS:
+            if self[option] is not None:
+                try:
+                    presence[name] = parse(self[option])
+                except ValueError:
+                    raise usage.UsageError(f"--{option} takes a positive number, not {self[option]!r}") from None
+        self["presence"] = presence
         try:
             self["log-max-bytes"] = _positive(int)(self["log-max-bytes"])
             self["log-max-files"] = _positive(int)(self["log-max-files"])
         except ValueError:
             raise usage.UsageError("--log-max-bytes and --log-max-files take positive numbers") from None
         self["endpoint_class"] = load_endpoint_class(self["endpoint"])
+        if self["presence"]:
+            self["endpoint_class"] = _with_presence_options(self["endpoint_class"], self["presence"])
         try:
             self["env"] = resolve_env(self["env"])
             self["secret"] = resolve_secret(self["secret-key-base"], self["env"])
@@ -291,6 +315,22 @@ class Options(usage.Options):
         if any(tls_files) and not all(tls_files):
             raise usage.UsageError("TLS cluster links need --dist-cert, --dist-key and --dist-ca")
         self["tls"] = ClusterTLS.from_files(*tls_files) if all(tls_files) else None
+
+
+def _with_presence_options(endpoint_class: type[Endpoint], overrides: dict[str, Any]) -> type[Endpoint]:
+    """
+    A subclass of ``endpoint_class`` whose ``presence_options`` include
+    ``overrides``, checked now (a bad combination is a usage error, not a
+    traceback at start).
+    """
+    from .presence.tracker import check_periods
+
+    merged = {**endpoint_class.presence_options, **overrides}
+    try:
+        check_periods(**merged)
+    except (TypeError, ValueError) as e:
+        raise usage.UsageError(f"presence options: {e}") from None
+    return type(endpoint_class.__name__, (endpoint_class,), {"presence_options": merged, "__module__": endpoint_class.__module__})
 
 
 class ListeningService(service.Service):

@@ -31,7 +31,7 @@ from ..message import Broadcast
 from ..pubsub import CallbackSubscriber, PubSub
 from ._state import Dot, Entry, Fragment, State, WireError
 
-__all__ = ["Tracker", "Diff"]
+__all__ = ["Tracker", "Diff", "check_periods"]
 
 log = Logger()
 
@@ -48,6 +48,27 @@ class _Replica:
         self.last_heard = now
         self.up = True
         self.transfer_asked = -1.0
+
+
+def check_periods(
+    broadcast_period: float = 1.5,
+    max_silent_periods: int = 10,
+    down_period: float | None = None,
+    permdown_period: float = 1200.0,
+) -> float:
+    """
+    Check a tracker's periods (the :class:`Tracker` options); return the
+    down period, computed when not given.
+
+    :raises ValueError: when they do not make sense together.
+    """
+    if down_period is None:
+        down_period = broadcast_period * max_silent_periods * 2
+    if down_period < 2 * broadcast_period:
+        raise ValueError("down_period must be at least twice broadcast_period")
+    if permdown_period <= down_period:
+        raise ValueError("permdown_period must be greater than down_period")
+    return down_period
 
 
 class Tracker:
@@ -80,12 +101,7 @@ class Tracker:
         down_period: float | None = None,
         permdown_period: float = 1200.0,
     ) -> None:
-        if down_period is None:
-            down_period = broadcast_period * max_silent_periods * 2
-        if down_period < 2 * broadcast_period:
-            raise ValueError("down_period must be at least twice broadcast_period")
-        if permdown_period <= down_period:
-            raise ValueError("permdown_period must be greater than down_period")
+        down_period = check_periods(broadcast_period, max_silent_periods, down_period, permdown_period)
         self.reactor = reactor
         self.pubsub = pubsub
         self.on_diff = on_diff
