@@ -26,9 +26,8 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.server import Site
 
-from twisted_phoenix.transports.http import PhoenixSite
-
 from twisted_phoenix import Endpoint
+from twisted_phoenix._textlog import TextLogObserver
 from twisted_phoenix.cli import main as cli_main
 from twisted_phoenix.config import DEV_SECRET_KEY_BASE
 from twisted_phoenix.examples.hello_sockets import HelloSocketsEndpoint
@@ -44,6 +43,7 @@ from twisted_phoenix.tap import (
     raise_file_limit,
     with_backlog,
 )
+from twisted_phoenix.transports.http import PhoenixSite
 
 from ._client import HandshakeRefused, connect
 
@@ -373,16 +373,27 @@ class LimitOptionsTests(SynchronousTestCase):
         names = sorted(os.listdir(os.path.dirname(path)))
         self.assertEqual(names, ["server.log", "server.log.1", "server.log.2"])
 
-    def test_noObserverForStdout(self) -> None:
-        """In the foreground without --logfile (stdout), twistd's own observer stays."""
+    def test_stdoutObserver(self) -> None:
+        """In the foreground without --logfile, the application logs to standard output with our observer."""
         from twisted.application.service import Application
 
         application = Application("phoenix")
         makeService(self._twistd("--nodaemon")).setServiceParent(application)
-        self.assertIsNone(application.getComponent(ILogObserver))
+        observer = application.getComponent(ILogObserver)
+        self.assertIsInstance(observer, TextLogObserver)
+        self.assertIs(observer.out, sys.stdout)
         self.assertEqual(_twistd_log_path(self._twistd()), "twistd.log")
-        self.assertIsNone(_twistd_log_path(self._twistd("--syslog")))
-        self.assertIsNone(_twistd_log_path(self._twistd("--nodaemon", "--logfile", "-")))
+        self.assertEqual(_twistd_log_path(self._twistd("--nodaemon", "--logfile", "-")), "-")
+
+    def test_otherLoggersKept(self) -> None:
+        """With --syslog or --logger, twistd's choice stays."""
+        from twisted.application.service import Application
+
+        for argv in (("--syslog",), ("--logger", "twisted.logger.jsonFileLogObserver")):
+            self.assertIsNone(_twistd_log_path(self._twistd(*argv)))
+            application = Application("phoenix")
+            makeService(self._twistd(*argv)).setServiceParent(application)
+            self.assertIsNone(application.getComponent(ILogObserver))
 
     def test_raiseFileLimit(self) -> None:
         """The soft open-file limit is raised to the hard limit."""

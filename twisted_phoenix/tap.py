@@ -17,10 +17,11 @@ from typing import Any, Callable
 
 from twisted.application import service
 from twisted.internet.endpoints import serverFromString
-from twisted.logger import ILogObserver, Logger, textFileLogObserver
+from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
 from twisted.python.logfile import LogFile
 
+from ._textlog import TextLogObserver
 from .cluster import NO_NODE, ClusterTLS, Node, parse_node_name
 from .cluster.portmapper import mapper_port
 from .config import ConfigError, resolve_cookie, resolve_env, resolve_secret
@@ -440,19 +441,23 @@ def rotating_log_observer(path: str, max_bytes: int, max_files: int) -> Any:
     """
     directory, name = os.path.split(os.path.abspath(path))
     logfile = LogFile(name, directory, rotateLength=max_bytes, maxRotatedFiles=max_files)
-    return textFileLogObserver(logfile)
+    return TextLogObserver(logfile)
 
 
 def _twistd_log_path(options: Options) -> str | None:
-    """The file twistd would log to, from its own options, or ``None`` (stdout, syslog)."""
+    """
+    Where twistd would log, from its own options: a file name, ``"-"`` for
+    standard output, or ``None`` when it logs elsewhere (syslog, --logger)
+    or is not running us.
+    """
     twistd = getattr(options, "parent", None)
     if twistd is None:
         return None
     logfile = twistd.get("logfile")
-    if twistd.get("syslog") or twistd.get("logger") or logfile == "-":
+    if twistd.get("syslog") or twistd.get("logger"):
         return None
-    if twistd.get("nodaemon") and not logfile:
-        return None
+    if logfile == "-" or (twistd.get("nodaemon") and not logfile):
+        return "-"
     return logfile or "twistd.log"
 
 
@@ -470,8 +475,11 @@ def makeService(options: Options) -> service.IService:
     for attribute, value in options["limits"].items():
         setattr(endpoint, attribute, value)
     top = _Top()
+    # twistd's own observer writes the same lines, much slower.
     log_path = _twistd_log_path(options)
-    if log_path is not None:
+    if log_path == "-":
+        top.log_observer = TextLogObserver(sys.stdout)
+    elif log_path is not None:
         top.log_observer = rotating_log_observer(log_path, options["log-max-bytes"], options["log-max-files"])
     if options["cluster"]:
         node = Node(

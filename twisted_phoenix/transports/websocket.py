@@ -131,6 +131,13 @@ class PhoenixServerProtocol(WebSocketServerProtocol):
 
     # -- handshake ---------------------------------------------------------------
 
+    def _connectionMade(self) -> None:
+        # The options are class attributes (PhoenixServerFactory sets them):
+        # nothing to copy per connection, nothing to pretty-print.
+        self.CONFIG_ATTRS = ()
+        super()._connectionMade()
+        del self.CONFIG_ATTRS
+
     def onConnect(self, request: Any) -> Any:
         factory = self.factory
         socket_class = factory.socket_class
@@ -466,6 +473,15 @@ class PhoenixServerFactory(WebSocketServerFactory):
             # Origins are Phoenix's check_origin's to judge (onConnect):
             # Autobahn's own check would answer 400 to "Origin: null".
             allowNullOrigin=True,
+        )
+        # Autobahn copies its ~40 protocol options onto every new connection
+        # (and pretty-prints them for a debug line: half the CPU of a
+        # handshake).  This factory's connections read them from a class of
+        # their own instead (see PhoenixServerProtocol._connectionMade).
+        self.protocol = type(
+            PhoenixServerProtocol.__name__,
+            (PhoenixServerProtocol,),
+            {name: getattr(self, name) for name in PhoenixServerProtocol.CONFIG_ATTRS},
         )
 
 
