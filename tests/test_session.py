@@ -410,14 +410,14 @@ class RoutingV2Tests(RoutingMixin, SynchronousTestCase):
     """
 
     def test_heartbeatBytes(self) -> None:
-        """The heartbeat reply is byte for byte Phoenix's, and a numeric ref stays a number."""
+        """The heartbeat reply is byte for byte Phoenix's, with a null join_ref."""
         self.client.send_frame(b'[null,"6","phoenix","heartbeat",{}]')
-        self.client.send_frame(b'["3",6,"phoenix","heartbeat",{"x":1}]')
+        self.client.send_frame(b'["3","7","phoenix","heartbeat",{"x":1}]')
         self.assertEqual(
             [f.data for f in self.client.frames],
             [
                 b'[null,"6","phoenix","phx_reply",{"response":{},"status":"ok"}]',
-                b'[null,6,"phoenix","phx_reply",{"response":{},"status":"ok"}]',
+                b'[null,"7","phoenix","phx_reply",{"response":{},"status":"ok"}]',
             ],
         )
 
@@ -441,19 +441,26 @@ class RoutingV2Tests(RoutingMixin, SynchronousTestCase):
         self.assertIn(b'["11","11","room:1","phx_close",{}]', data)
         self.assertEqual(data[-1], b'["12","12","room:2","phx_error",{"reason":"channel_crash"}]')
 
-    def test_numericRefs(self) -> None:
-        """Numeric join_ref and ref are echoed as numbers in join replies and pushes."""
-        self.client.send_frame(b'[7,7,"room:1","phx_join",{"after_join":true}]')
-        self.client.send_frame(b'[7,8,"room:1","echo",{}]')
+    def test_refsEchoedExactly(self) -> None:
+        """join_ref and ref are echoed exactly, in join replies and pushes."""
+        self.client.send_frame(b'["x7","x7","room:1","phx_join",{"after_join":true}]')
+        self.client.send_frame(b'["x7","","room:1","echo",{}]')
         self.assertEqual(
             [f.data for f in self.client.frames],
             [
-                b'[7,7,"room:1","phx_reply",{"response":{},"status":"ok"}]',
+                b'["x7","x7","room:1","phx_reply",{"response":{},"status":"ok"}]',
                 b'[null,null,"room:1","user_entered",{"user":null}]',
-                b'[7,null,"room:1","joined",{"status":"connected"}]',
-                b'[7,8,"room:1","phx_reply",{"response":{},"status":"ok"}]',
+                b'["x7",null,"room:1","joined",{"status":"connected"}]',
+                b'["x7","","room:1","phx_reply",{"response":{},"status":"ok"}]',
             ],
         )
+
+    def test_numericRefClosesConnection(self) -> None:
+        """A numeric ref is a malformed frame: the connection closes with 1011 and nothing is joined."""
+        self.client.send_frame(b'[7,7,"room:1","phx_join",{}]')
+        self.assertEqual(self.client.close_code, 1011)
+        self.assertEqual(self.client.frames, [])
+        self.assertEqual(self.client.session.channels, {})
 
     def test_binaryPush(self) -> None:
         """A binary push reaches handle_in as bytes."""
