@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 from typing import Any
 
+import orjson
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.task import deferLater
@@ -420,20 +421,57 @@ class ChannelErrorTests(_Offence, TestCase):
 
     @inlineCallbacks
     def test_joinFloodDoesNotStarveOthers(self) -> None:
-        """A flood of joins on one connection does not keep another client's ping waiting."""
+        """
+        A flood of joins on one connection does not keep another client's
+        ping waiting: the flooder's joins are answered in order (100 joined,
+        then "too many channels joined" until its join burst is spent, then
+        "rate limited") until it is closed with 1008.
+        """
         client = yield self.connect()
         flood = 1000
         for i in range(flood):
-            client.send_json([str(i), str(i), f"ping:{i % 150}", "phx_join", {}])
+            client.send_json([str(i), str(i), f"ping:{i}", "phx_join", {}])
         yield self.assertOthersUnaffected()
+        yield self.assertClosedWith(client, 1008)
+        replies = _drain(client)
+        self.assertEqual([r[1] for r in replies], [str(i) for i in range(len(replies))])
+        reasons = [r[4]["response"].get("reason", r[4]["status"]) for r in replies]
+        self.assertEqual(reasons[:100], ["ok"] * 100)
+        refused = reasons[100:]
+        self.assertEqual(refused, sorted(refused, key=lambda r: r == "rate limited"))
+        self.assertEqual(set(refused), {"too many channels joined", "rate limited"})
+        # join_burst (200) answered, as many more refused, then closed.
+        self.assertGreaterEqual(reasons.count("rate limited"), 200)
+        self.assertLess(len(replies), flood)
         self.assertLogged("refused: more than 100 channels", LogLevel.error)
-        # The flooder itself gets an answer to every join, in order.
-        refs = []
-        while len(refs) < flood:
-            frame = yield client.next_json()
-            if frame[3] == "phx_reply":
-                refs.append(frame[1])
-        self.assertEqual(refs, [str(i) for i in range(flood)])
+        self.assertLogged("Rate limiting a BadInputSocket connection: more than 200 joins", LogLevel.warn)
+        self.assertLogged("Closing a BadInputSocket connection that kept sending joins", LogLevel.warn)
+
+    @inlineCallbacks
+    def test_eventFlood(self) -> None:
+        """
+        A flood of events is answered up to event_burst, refused with
+        "rate limited" for as many more, then closed with 1008; its channels
+        terminate and other clients keep their replies.
+        """
+        client = yield self.offender()
+        for i in range(1000):
+            client.send_json(["1", str(i), "rec:offender", "ping", {}])
+        yield self.assertOthersUnaffected()
+        yield self.assertClosedWith(client, 1008)
+        replies = _drain(client)
+        self.assertEqual([r[1] for r in replies], [str(i) for i in range(len(replies))])
+        statuses = [r[4]["status"] for r in replies]
+        pongs = statuses.count("ok")
+        self.assertGreaterEqual(pongs, 199)  # the join took one token
+        self.assertEqual(replies[pongs:], [
+            ["1", str(i), "rec:offender", "phx_reply", {"response": {"reason": "rate limited"}, "status": "error"}]
+            for i in range(pongs, len(replies))
+        ])
+        self.assertGreaterEqual(len(replies) - pongs, 200)
+        self.assertLess(len(replies), 1000)
+        self.assertEqual(self.endpoint.terminations, [("rec:offender", ("shutdown", "closed"))])
+        self.assertLogged("Closing a BadInputSocket connection that kept sending events", LogLevel.warn)
 
     @inlineCallbacks
     def test_backlogOverflow(self) -> None:
@@ -589,3 +627,12 @@ class DeadPeerTests(_Offence, TestCase):
         self.assertEqual((yield terminated), ("rec:offender", ("shutdown", "closed")))
         self.assertLogged("BadInputSocket connection lost without a closing handshake", LogLevel.info)
         yield self.assertOthersUnaffected()
+
+
+def _drain(client: Any) -> list[Any]:
+    """The JSON frames a closed client received and nobody took yet."""
+    frames = []
+    while client.pending_frames:
+        data, binary = client.protocol.frames.pending.pop(0)
+        frames.append(orjson.loads(data))
+    return frames

@@ -67,6 +67,20 @@ class Endpoint:
         read (once the socket's own buffer is full) before it is dropped.
     :cvar handshake_timeout: seconds a client has to complete its HTTP
         request and WebSocket handshake (a silent connection is dropped).
+    :cvar event_rate: messages a connection may send per second, on
+        average; every message but ``phx_join`` counts, heartbeats
+        included.  ``None``: no limit.
+    :cvar event_burst: messages a connection may send at once, above
+        :attr:`event_rate`.  A message over the limit gets the error reply
+        ``{"reason": "rate limited"}`` (a ``phx_leave`` of a joined topic is
+        never refused); a connection that keeps sending after a further
+        ``event_burst`` refusals (net of ``event_rate`` per second) is
+        closed with 1008.
+    :cvar join_rate: ``phx_join`` messages a connection may send per
+        second, on average.  ``None``: no limit.
+    :cvar join_burst: ``phx_join`` messages a connection may send at once.
+        Over the limit, as for events: ``{"reason": "rate limited"}``, then
+        1008.
 
     :param reactor: provides time and networking (a
         :class:`~twisted.internet.testing.MemoryReactorClock` in tests).
@@ -85,6 +99,18 @@ class Endpoint:
     max_send_buffer: ClassVar[int] = 4 * 1024 * 1024
     handshake_timeout: ClassVar[float] = 10.0
     close_timeout: ClassVar[float] = 5.0
+    # Generous for phoenix.js apps: a heartbeat every 30 s, pushes as fast
+    # as a person or a chatty UI makes them.
+    event_rate: ClassVar[float | None] = 100.0
+    event_burst: ClassVar[float] = 200.0
+    # phoenix.js rejoins every channel at once when it reconnects, and a
+    # Socket holds at most 100 (max_channels): a burst of twice that lets a
+    # client rejoin all of them at once, on a new connection (whose bucket
+    # starts full) or on the same one (after every channel errored, say),
+    # and 20/s brings back a full rejoin within 5 s.  phoenix.js's own
+    # rejoin backoff (1, 2, 5, then 10 s per channel) stays well inside.
+    join_rate: ClassVar[float | None] = 20.0
+    join_burst: ClassVar[float] = 200.0
 
     def __init__(
         self,
