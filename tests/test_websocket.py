@@ -134,12 +134,13 @@ class WireFormatTests(_Served, TestCase):
         self.assertEqual(frame, (b'[null,"7","phoenix","phx_reply",{"response":{},"status":"ok"}]', False))
 
     @inlineCallbacks
-    def test_refsEchoedWithTheirType(self) -> None:
-        """Numeric refs come back as numbers, not strings."""
+    def test_numericRefsRefused(self) -> None:
+        """Refs must be strings or null: numeric refs are a malformed frame (1011), nothing joined."""
         client = yield self.connect()
         client.send_text('[1,2,"ping","phx_join",{}]')
-        frame = yield client.next_frame()
-        self.assertEqual(frame, (b'[1,2,"ping","phx_reply",{"response":{},"status":"ok"}]', False))
+        was_clean, code, _ = yield client.closed
+        self.assertEqual((was_clean, code), (True, 1011))
+        self.assertEqual(client.pending_frames, 0)
 
     @inlineCallbacks
     def _v1(self, query: str | None) -> Any:
