@@ -14,6 +14,7 @@ import base64
 import struct
 from typing import Any
 
+import orjson
 from twisted.internet import reactor, task
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.task import deferLater
@@ -476,20 +477,50 @@ class ChannelErrorTests(_Offence, TestCase):
 
     @inlineCallbacks
     def test_joinFloodDoesNotStarveOthers(self) -> None:
-        """A flood of joins on one connection does not keep another client's ping waiting."""
+        """
+        A flood of joins on one connection does not keep another client's
+        ping waiting: the flooder's joins are answered in order (100 joined,
+        then "too many channels joined" until its join burst of 200 is
+        spent, then "rate limited" 200 times) until it is closed with 1008.
+        """
+        self.endpoint.join_rate = 0.001  # no refill while the flood arrives
         client = yield self.connect()
         flood = 1000
         for i in range(flood):
-            client.send_json([str(i), str(i), f"ping:{i % 150}", "phx_join", {}])
+            client.send_json([str(i), str(i), f"ping:{i}", "phx_join", {}])
         yield self.assertOthersUnaffected()
+        yield self.assertClosedWith(client, 1008)
+        replies = _drain(client)
+        self.assertEqual([r[1] for r in replies], [str(i) for i in range(400)])
+        reasons = [r[4]["response"].get("reason", r[4]["status"]) for r in replies]
+        self.assertEqual(
+            reasons, ["ok"] * 100 + ["too many channels joined"] * 100 + ["rate limited"] * 200
+        )
         self.assertLogged("refused: more than 100 channels", LogLevel.error)
-        # The flooder itself gets an answer to every join, in order.
-        refs = []
-        while len(refs) < flood:
-            frame = yield client.next_json()
-            if frame[3] == "phx_reply":
-                refs.append(frame[1])
-        self.assertEqual(refs, [str(i) for i in range(flood)])
+        self.assertLogged("Rate limiting a BadInputSocket connection: more than 200 joins", LogLevel.warn)
+        self.assertLogged("Closing a BadInputSocket connection that kept sending joins", LogLevel.warn)
+
+    @inlineCallbacks
+    def test_eventFlood(self) -> None:
+        """
+        A flood of events is answered up to event_burst (200), refused with
+        "rate limited" for as many more, then closed with 1008; its channels
+        terminate and other clients keep their replies.
+        """
+        self.endpoint.event_rate = 0.001  # no refill while the flood arrives
+        client = yield self.offender()
+        for i in range(1000):
+            client.send_json(["1", str(i), "rec:offender", "ping", {}])
+        yield self.assertOthersUnaffected()
+        yield self.assertClosedWith(client, 1008)
+        refused = {"response": {"reason": "rate limited"}, "status": "error"}
+        self.assertEqual(
+            _drain(client),
+            [["1", str(i), "rec:offender", "phx_reply", PONG] for i in range(200)]
+            + [["1", str(i), "rec:offender", "phx_reply", refused] for i in range(200, 400)],
+        )
+        self.assertEqual(self.endpoint.terminations, [("rec:offender", ("shutdown", "closed"))])
+        self.assertLogged("Closing a BadInputSocket connection that kept sending events", LogLevel.warn)
 
     @inlineCallbacks
     def test_backlogOverflow(self) -> None:
@@ -685,3 +716,12 @@ class DeadPeerTests(_Offence, TestCase):
         self.assertEqual((yield terminated), ("rec:offender", ("shutdown", "closed")))
         self.assertLogged("BadInputSocket connection lost without a closing handshake", LogLevel.info)
         yield self.assertOthersUnaffected()
+
+
+def _drain(client: Any) -> list[Any]:
+    """The JSON frames a closed client received and nobody took yet."""
+    frames = []
+    while client.pending_frames:
+        data, binary = client.protocol.frames.pending.pop(0)
+        frames.append(orjson.loads(data))
+    return frames

@@ -96,6 +96,10 @@ class ScriptChannel(Channel):
         if event == "long_event":
             self.push("e" * 256, b"")
             return None
+        if event == "unencodable":
+            self.push("bad_push", {"set": {1, 2}})
+            self.push("good_push", {})
+            return ok({"object": object()})
         if event == "assigns":
             return ok(dict(self.assigns))
         if event == "send":
@@ -221,19 +225,28 @@ class HandleInTests(ChannelTestCase):
         )
         self.assertEqual(self.events("in"), [("binary_event", b"\x01\x02")])
 
-    def test_binaryV1Crashes(self) -> None:
-        """Under V1 a binary reply cannot be encoded, so the channel crashes."""
+    def test_binaryV1ReplyAndPushFail(self) -> None:
+        """
+        Under V1 a binary push cannot be encoded and is dropped, and a
+        binary reply becomes the error "reply crashed"; both are logged and
+        the channel carries on.
+        """
         client = self.harness.socket(ScriptSocket, vsn="1.0.0")
         self.successResultOf(client.join("room:1"))
-        client.push("room:1", "binary_event", {})
-        self.assertEqual(len(self.flushLoggedErrors(TypeError)), 1)
-        client.assert_push("phx_error", CRASH)
+        ref = client.push("room:1", "binary_event", {})
+        self.assertEqual(len(self.flushLoggedErrors(TypeError)), 2)
+        client.assert_reply(ref, "error", {"reason": "reply crashed"})
+        client.refute_push("binary_event")
+        client.refute_push("phx_error")
+        ref = client.push("room:1", "reply", {"status": "ok", "response": {"still": "here"}})
+        client.assert_reply(ref, "ok", {"still": "here"})
 
-    def test_fieldTooLongCrashes(self) -> None:
-        """A binary push with a field over 255 bytes crashes the channel."""
+    def test_fieldTooLongDropped(self) -> None:
+        """A binary push with a field over 255 bytes is dropped and logged; the channel lives."""
         self.client.push("room:1", "long_event", {})
         self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
-        self.assertEqual(self.new(), [self.error()])
+        self.assertEqual(self.new(), [])
+        self.assertIn("room:1", self.client.session.channels)
 
     def test_stopNormalReasons(self) -> None:
         """Stop with normal, shutdown or ("shutdown", x) sends phx_close, then terminate runs."""
@@ -425,6 +438,66 @@ class SocketRefTests(ChannelTestCase):
         self.client.session.channels["room:1"].channel.send("socket_ref")
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
         self.assertEqual(self.new(), [self.error()])
+
+
+class EncodeFailureTests(ChannelTestCase):
+    """
+    Tests for replies and pushes the serializer cannot encode: an error
+    for that message only, logged; the channel carries on.
+    """
+
+    def test_replyAndPush(self) -> None:
+        """
+        An unencodable push is dropped, the next push goes out, and an
+        unencodable reply becomes the error "reply crashed" for its ref.
+        """
+        ref = self.client.push("room:1", "unencodable", {})
+        self.assertEqual(
+            self.new(),
+            [
+                Message("room:1", "good_push", {}, None, "11"),
+                Reply("room:1", "error", {"reason": "reply crashed"}, ref, "11"),
+            ],
+        )
+        self.assertEqual(len(self.flushLoggedErrors(TypeError)), 2)
+        ref = self.client.push("room:1", "reply_status_only", {})
+        self.client.assert_reply(ref, "ok")
+
+    def test_lateReply(self) -> None:
+        """An unencodable late reply becomes the error "reply crashed" too."""
+        ref = self.client.push("room:1", "socket_ref", {})
+        channel = self.client.session.channels["room:1"].channel
+        channel.reply(self.client.socket.refs[0], ok({"late": object()}))
+        self.assertEqual(self.new(), [Reply("room:1", "error", {"reason": "reply crashed"}, ref, "11")])
+        self.assertEqual(len(self.flushLoggedErrors(TypeError)), 1)
+
+    def test_interceptedBroadcast(self) -> None:
+        """An intercepted broadcast that handle_out cannot push is dropped for that client only."""
+        self.harness.broadcast("room:1", "intercepted", {"object": object()})
+        self.assertEqual(self.new(), [])
+        self.assertEqual(len(self.flushLoggedErrors(TypeError)), 1)
+        self.assertIn("room:1", self.client.session.channels)
+        self.harness.broadcast("room:1", "intercepted", {"a": 1})
+        self.assertEqual(
+            self.new(), [Message("room:1", "intercepted", {"a": 1, "seen_by": "11"}, None, "11")]
+        )
+
+    def test_logged(self) -> None:
+        """The log names the serializer, the kind, the topic and what became of it."""
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        events: list[Any] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.client.push("room:1", "unencodable", {})
+        self.flushLoggedErrors(TypeError)
+        self.assertEqual(
+            [formatEvent(e) for e in events if "cannot encode" in formatEvent(e)],
+            [
+                "V2JSONSerializer cannot encode a push 'bad_push' on 'room:1'; dropped",
+                "V2JSONSerializer cannot encode a reply on 'room:1'; answered with an error",
+            ],
+        )
 
 
 class JoinTests(SynchronousTestCase):

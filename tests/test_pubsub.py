@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.task import Clock
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_phoenix.message import Broadcast
@@ -228,3 +230,91 @@ class PubSubTests(SynchronousTestCase):
         self.pubsub.broadcast("t", "e", {})
         self.assertEqual(sub.fastlane.frames, [])
 
+
+
+class RaisingConnection(FakeConnection):
+    """A connection whose send_frame raises."""
+
+    def send_frame(self, frame: Frame) -> None:
+        raise RuntimeError("broken transport")
+
+
+class DispatchFailureTests(SynchronousTestCase):
+    """
+    Tests for broadcasts that a serializer cannot encode, and for
+    subscribers that fail: the rest of the dispatch goes on.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.pubsub = PubSub("node@host", clock=self.clock)
+        self.events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def texts(self, containing: str) -> list[str]:
+        return [t for t in map(formatEvent, self.events) if containing in t]
+
+    def test_binaryToV1Dropped(self) -> None:
+        """
+        A binary broadcast is dropped for V1 fastlane subscribers (V1 cannot
+        carry it), with one log line, and reaches V2 and intercepting ones.
+        """
+        v1 = CountingSerializer(V1JSONSerializer())
+        v1subs = [FastlaneSubscriber(v1) for _ in range(3)]
+        v2sub = FastlaneSubscriber(V2JSONSerializer())
+        intercepting = FastlaneSubscriber(v1, frozenset({"bin"}))
+        got: list[Broadcast] = []
+        for s in [v1subs[0], v2sub, v1subs[1], intercepting, CallbackSubscriber(got.append), v1subs[2]]:
+            self.pubsub.subscribe("t", s)
+        self.pubsub.broadcast("t", "bin", b"\x01")
+        self.assertEqual([len(s.fastlane.frames) for s in v1subs], [0, 0, 0])
+        self.assertEqual(len(v1.calls), 1)  # tried once, not once per subscriber
+        self.assertEqual([f.data for f in v2sub.fastlane.frames], [b"\x02\x01\x03tbin\x01"])
+        self.assertEqual(intercepting.received, [Broadcast("t", "bin", b"\x01")])
+        self.assertEqual(got, [Broadcast("t", "bin", b"\x01")])
+        self.assertEqual(len(self.flushLoggedErrors(TypeError)), 1)
+        self.assertEqual(
+            self.texts("cannot encode"),
+            ["CountingSerializer cannot encode a broadcast 'bin' on 't'; dropped for its fastlane subscribers"],
+        )
+
+    def test_unencodablePayloadDropped(self) -> None:
+        """A broadcast whose payload is no JSON is dropped for every fastlane subscriber; the next one goes out."""
+        sub = FastlaneSubscriber(V2JSONSerializer())
+        self.pubsub.subscribe("t", sub)
+        self.pubsub.broadcast("t", "e", {"x": object()})
+        self.pubsub.broadcast("t", "e", {"x": 1})
+        self.assertEqual([f.data for f in sub.fastlane.frames], [b'[null,null,"t","e",{"x":1}]'])
+        self.assertEqual(len(self.flushLoggedErrors(TypeError)), 1)
+
+    def test_failingConnection(self) -> None:
+        """A fastlane connection that raises is logged; the subscribers after it still get the frame."""
+        broken = FastlaneSubscriber(V2JSONSerializer())
+        broken.fastlane = RaisingConnection()
+        after = FastlaneSubscriber(V2JSONSerializer())
+        self.pubsub.subscribe("t", broken)
+        self.pubsub.subscribe("t", after)
+        self.pubsub.broadcast("t", "e", {})
+        self.assertEqual(len(after.fastlane.frames), 1)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_failureLogRateLimited(self) -> None:
+        """Repeated encode failures are logged 10 times per 10 s, then counted."""
+        self.pubsub.subscribe("t", FastlaneSubscriber(V1JSONSerializer()))
+        for _ in range(25):
+            self.pubsub.broadcast("t", "bin", b"x")
+        self.assertEqual(len(self.flushLoggedErrors(TypeError)), 10)
+        self.clock.advance(10)
+        self.pubsub.broadcast("t", "bin", b"x")
+        self.flushLoggedErrors(TypeError)
+        self.assertIn("(suppressed 15 similar messages)", self.texts("cannot encode")[-1])
+
+    def test_longTopicTruncated(self) -> None:
+        """The topic and event in the log line are cut to 200 characters."""
+        self.pubsub.subscribe("t" * 1000, CallbackSubscriber(lambda b: 1 / 0))
+        self.pubsub.broadcast("t" * 1000, "e" * 1000, {})
+        self.flushLoggedErrors(ZeroDivisionError)
+        [line] = self.texts("failed on")
+        self.assertIn("… (1000 chars)", line)
+        self.assertLess(len(line), 700)

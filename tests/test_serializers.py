@@ -85,10 +85,10 @@ class V2EncodeTests(SynchronousTestCase):
             frame.data, b'["3","4","room:1","phx_reply",{"response":{"a":2,"b":1},"status":"ok"}]'
         )
 
-    def test_refsKeepTheirJSONType(self) -> None:
-        """Numeric refs are written back as numbers."""
-        frame = V2.encode(Reply("phoenix", "ok", {}, 1, None))
-        self.assertEqual(frame.data, b'[null,1,"phoenix","phx_reply",{"response":{},"status":"ok"}]')
+    def test_refsWrittenAsGiven(self) -> None:
+        """Refs are written back as they are (decoding admits only strings and null)."""
+        frame = V2.encode(Reply("phoenix", "ok", {}, "1", None))
+        self.assertEqual(frame.data, b'[null,"1","phoenix","phx_reply",{"response":{},"status":"ok"}]')
 
     def test_broadcast(self) -> None:
         """A fastlane broadcast is [null, null, topic, event, payload]."""
@@ -145,10 +145,12 @@ class V2DecodeTests(SynchronousTestCase):
             Message("phoenix", "heartbeat", {}, "1", None),
         )
 
-    def test_refsKeepTheirJSONType(self) -> None:
-        """Numeric refs stay numbers."""
-        message = V2.decode(b'[7,1,"t","e",{}]', False)
-        self.assertEqual((message.join_ref, message.ref), (7, 1))
+    def test_refsStringsOrNull(self) -> None:
+        """String and null refs decode as they are; numeric refs are a DecodeError."""
+        message = V2.decode(b'["7",null,"t","e",{}]', False)
+        self.assertEqual((message.join_ref, message.ref), ("7", None))
+        self.assertRaises(DecodeError, V2.decode, b'[7,"1","t","e",{}]', False)
+        self.assertRaises(DecodeError, V2.decode, b'["7",1,"t","e",{}]', False)
 
     def test_capturedBinaryPush(self) -> None:
         """The captured phoenix.js binary push decodes to its fields and raw payload."""
@@ -228,10 +230,10 @@ class V1Tests(SynchronousTestCase):
         self.assertRaises(TypeError, V1.fastlane, Broadcast("t", "e", b"x"))
 
     def test_decode(self) -> None:
-        """A V1 object decodes with an optional join_ref, refs keeping their type."""
+        """A V1 object decodes with an optional join_ref."""
         self.assertEqual(
-            V1.decode(b'{"topic":"t","event":"e","payload":[1],"ref":2}', False),
-            Message("t", "e", [1], 2, None),
+            V1.decode(b'{"topic":"t","event":"e","payload":[1],"ref":"2"}', False),
+            Message("t", "e", [1], "2", None),
         )
         self.assertEqual(
             V1.decode(b'{"topic":"t","event":"e","payload":{},"ref":"2","join_ref":"1"}', False),
@@ -326,3 +328,111 @@ class JSONRoundTripTests(SynchronousTestCase):
         data = json_dumps({"t": text})
         self.assertEqual(orjson.loads(data), {"t": text})
         self.assertNotRegex(data.decode(), r"(?<!\\)(?:\\\\)*\\u00[01][a-f]")
+
+
+def _v1(topic: object = "t", event: object = "e", payload: object = None, ref: object = "1", **extra: object) -> bytes:
+    obj = {"topic": topic, "event": event, "payload": {} if payload is None else payload, "ref": ref, **extra}
+    return orjson.dumps(obj)
+
+
+def _v2(join_ref: object = None, ref: object = "1", topic: object = "t", event: object = "e", payload: object = None) -> bytes:
+    return orjson.dumps([join_ref, ref, topic, event, {} if payload is None else payload])
+
+
+def _nested(levels: int) -> bytes:
+    return b"[" * levels + b"]" * levels
+
+
+class EdgeInputTests(SynchronousTestCase):
+    """
+    Tests for the limits decode enforces under both serializers: field
+    types and sizes, and payload nesting.
+    """
+
+    def decodes(self, frame: bytes, serializer: object, binary: bool = False) -> bool:
+        """Whether ``frame`` decodes (True) or is a DecodeError (False)."""
+        try:
+            serializer.decode(frame, binary)  # type: ignore[attr-defined]
+        except DecodeError:
+            return False
+        return True
+
+    def test_refTypes(self) -> None:
+        """ref and join_ref must be strings or null, under both serializers."""
+        for value in (1, 1.5, True, False, [], ["1"], {}, {"a": 1}):
+            self.assertFalse(self.decodes(_v2(ref=value), V2), value)
+            self.assertFalse(self.decodes(_v2(join_ref=value), V2), value)
+            self.assertFalse(self.decodes(_v1(ref=value), V1), value)
+            self.assertFalse(self.decodes(_v1(join_ref=value), V1), value)
+        for value in (None, "", "1", "é"):
+            self.assertTrue(self.decodes(_v2(ref=value, join_ref=value), V2), value)
+            self.assertTrue(self.decodes(_v1(ref=value, join_ref=value), V1), value)
+
+    def test_refSize(self) -> None:
+        """A ref or join_ref is at most 64 bytes in UTF-8, not characters."""
+        for ok_ref, long_ref in (("r" * 64, "r" * 65), ("€" * 21, "€" * 22)):
+            self.assertTrue(self.decodes(_v2(ref=ok_ref, join_ref=ok_ref), V2))
+            self.assertTrue(self.decodes(_v1(ref=ok_ref, join_ref=ok_ref), V1))
+            self.assertFalse(self.decodes(_v2(ref=long_ref), V2))
+            self.assertFalse(self.decodes(_v2(join_ref=long_ref), V2))
+            self.assertFalse(self.decodes(_v1(ref=long_ref), V1))
+            self.assertFalse(self.decodes(_v1(join_ref=long_ref), V1))
+
+    def test_nameSize(self) -> None:
+        """A topic or event is at most 255 bytes in UTF-8 (what a binary frame carries)."""
+        for ok_name, long_name in (("t" * 255, "t" * 256), ("é" * 127 + "x", "é" * 128)):
+            self.assertTrue(self.decodes(_v2(topic=ok_name, event=ok_name), V2))
+            self.assertTrue(self.decodes(_v1(topic=ok_name, event=ok_name), V1))
+            self.assertFalse(self.decodes(_v2(topic=long_name), V2))
+            self.assertFalse(self.decodes(_v2(event=long_name), V2))
+            self.assertFalse(self.decodes(_v1(topic=long_name), V1))
+            self.assertFalse(self.decodes(_v1(event=long_name), V1))
+
+    def test_binaryRefSize(self) -> None:
+        """A binary push's ref field is limited to 64 bytes too."""
+        def push(ref: bytes) -> bytes:
+            return bytes([0, 1, len(ref), 1, 1]) + b"3" + ref + b"te" + b"\x00"
+
+        self.assertTrue(self.decodes(push(b"r" * 64), V2, True))
+        self.assertFalse(self.decodes(push(b"r" * 65), V2, True))
+
+    def test_payloadDepth(self) -> None:
+        """A payload nested 252 deep decodes and its reply encodes; 253, or orjson's 1024, does not."""
+        for serializer, frame in ((V2, _v2), (V1, _v1)):
+            message = serializer.decode(frame(payload=orjson.loads(_nested(252))), False)
+            serializer.encode(Reply("t", "ok", message.payload, "1", None))
+            deep = {"a": orjson.loads(_nested(252))}
+            self.assertFalse(self.decodes(frame(payload=deep), serializer))
+            self.assertFalse(self.decodes(frame(payload=[orjson.loads(_nested(252))]), serializer))
+        self.assertFalse(self.decodes(b'[null,"1","t","e",' + _nested(1023) + b"]", V2))
+        self.assertFalse(self.decodes(b'[null,"1","t","e",' + _nested(2000) + b"]", V2))
+
+    def test_wideShallowPayload(self) -> None:
+        """Thousands of brackets side by side are no nesting."""
+        payload = [[] for _ in range(5000)] + [{} for _ in range(5000)]
+        self.assertTrue(self.decodes(_v2(payload=payload), V2))
+        self.assertTrue(self.decodes(_v1(payload=payload), V1))
+
+    def test_bracketsInStrings(self) -> None:
+        """Brackets inside strings only make the check look closer; the payload decodes."""
+        self.assertTrue(self.decodes(_v2(payload={"s": "[{" * 1000}), V2))
+
+    def test_hugeNumbers(self) -> None:
+        """A number beyond a double's range is a DecodeError; a big integer decodes and encodes."""
+        self.assertFalse(self.decodes(b'[null,"1","t","e",{"n":1e400}]', V2))
+        message = V2.decode(b'[null,"1","t","e",{"n":123456789012345678901234567890}]', False)
+        V2.encode(Reply("t", "ok", message.payload, "1", None))
+
+    def test_limitsAreAttributes(self) -> None:
+        """A subclass may change every limit."""
+
+        class Strict(V2JSONSerializer):
+            max_name_bytes = 8
+            max_ref_bytes = 2
+            max_payload_depth = 3
+
+        strict = Strict()
+        self.assertTrue(self.decodes(_v2(ref="12", topic="t" * 8, payload=orjson.loads(_nested(3))), strict))
+        self.assertFalse(self.decodes(_v2(ref="123"), strict))
+        self.assertFalse(self.decodes(_v2(topic="t" * 9), strict))
+        self.assertFalse(self.decodes(_v2(payload=orjson.loads(_nested(4))), strict))

@@ -12,7 +12,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
-from twisted_phoenix import Channel, ConnectRefused, Socket, error, ok
+from twisted_phoenix import Channel, ConnectRefused, Endpoint, Socket, error, ok
 from twisted_phoenix.message import Broadcast, Message, Reply
 from twisted_phoenix.serializers import DecodeError, VersionError
 from twisted_phoenix.testing import ANY, BroadcastRecorder, ChannelTest, ClientSocket, FakeConnection
@@ -410,14 +410,14 @@ class RoutingV2Tests(RoutingMixin, SynchronousTestCase):
     """
 
     def test_heartbeatBytes(self) -> None:
-        """The heartbeat reply is byte for byte Phoenix's, and a numeric ref stays a number."""
+        """The heartbeat reply is byte for byte Phoenix's, with a null join_ref."""
         self.client.send_frame(b'[null,"6","phoenix","heartbeat",{}]')
-        self.client.send_frame(b'["3",6,"phoenix","heartbeat",{"x":1}]')
+        self.client.send_frame(b'["3","7","phoenix","heartbeat",{"x":1}]')
         self.assertEqual(
             [f.data for f in self.client.frames],
             [
                 b'[null,"6","phoenix","phx_reply",{"response":{},"status":"ok"}]',
-                b'[null,6,"phoenix","phx_reply",{"response":{},"status":"ok"}]',
+                b'[null,"7","phoenix","phx_reply",{"response":{},"status":"ok"}]',
             ],
         )
 
@@ -441,19 +441,26 @@ class RoutingV2Tests(RoutingMixin, SynchronousTestCase):
         self.assertIn(b'["11","11","room:1","phx_close",{}]', data)
         self.assertEqual(data[-1], b'["12","12","room:2","phx_error",{"reason":"channel_crash"}]')
 
-    def test_numericRefs(self) -> None:
-        """Numeric join_ref and ref are echoed as numbers in join replies and pushes."""
-        self.client.send_frame(b'[7,7,"room:1","phx_join",{"after_join":true}]')
-        self.client.send_frame(b'[7,8,"room:1","echo",{}]')
+    def test_refsEchoedExactly(self) -> None:
+        """join_ref and ref are echoed exactly, in join replies and pushes."""
+        self.client.send_frame(b'["x7","x7","room:1","phx_join",{"after_join":true}]')
+        self.client.send_frame(b'["x7","","room:1","echo",{}]')
         self.assertEqual(
             [f.data for f in self.client.frames],
             [
-                b'[7,7,"room:1","phx_reply",{"response":{},"status":"ok"}]',
+                b'["x7","x7","room:1","phx_reply",{"response":{},"status":"ok"}]',
                 b'[null,null,"room:1","user_entered",{"user":null}]',
-                b'[7,null,"room:1","joined",{"status":"connected"}]',
-                b'[7,8,"room:1","phx_reply",{"response":{},"status":"ok"}]',
+                b'["x7",null,"room:1","joined",{"status":"connected"}]',
+                b'["x7","","room:1","phx_reply",{"response":{},"status":"ok"}]',
             ],
         )
+
+    def test_numericRefClosesConnection(self) -> None:
+        """A numeric ref is a malformed frame: the connection closes with 1011 and nothing is joined."""
+        self.client.send_frame(b'[7,7,"room:1","phx_join",{}]')
+        self.assertEqual(self.client.close_code, 1011)
+        self.assertEqual(self.client.frames, [])
+        self.assertEqual(self.client.session.channels, {})
 
     def test_binaryPush(self) -> None:
         """A binary push reaches handle_in as bytes."""
@@ -796,3 +803,307 @@ class ChannelTestTests(SynchronousTestCase):
         self.assertEqual(
             decode_server_frame(v2, v2.fastlane(Broadcast("t", "e", b"1"))), Broadcast("t", "e", b"1")
         )
+
+
+RATE_LIMITED = {"reason": "rate limited"}
+
+
+class LogRecorder:
+    """Records the global log's events for one test."""
+
+    def __init__(self, test: SynchronousTestCase) -> None:
+        from twisted.logger import globalLogPublisher
+
+        self.events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(self.events.append)
+        test.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def texts(self, containing: str = "") -> list[str]:
+        """The formatted messages that contain ``containing``."""
+        from twisted.logger import formatEvent
+
+        return [t for t in map(formatEvent, self.events) if containing in t]
+
+
+class SmallLimitsEndpoint(Endpoint):
+    """Small limits, so that tests stay short."""
+
+    event_rate = 10.0
+    event_burst = 5.0
+    join_rate = 1.0
+    join_burst = 3.0
+
+
+class RateLimitTests(SynchronousTestCase):
+    """
+    Tests for the per-connection rate limits on events and joins.
+    """
+
+    def setUp(self) -> None:
+        self.harness = ChannelTest(SmallLimitsEndpoint)
+        self.client = self.harness.socket(EventSocket)
+        self.logs = LogRecorder(self)
+
+    def test_eventsOverBurstRefused(self) -> None:
+        """Events beyond the burst get "rate limited", echoing join_ref and ref; the channel lives."""
+        self.successResultOf(self.client.join("room:1", join_ref="j"))  # a join: not an event
+        refs = [self.client.push("room:1", "echo", {"n": i}) for i in range(7)]
+        for ref in refs[:5]:
+            self.client.assert_reply(ref, "ok")
+        self.assertEqual(
+            self.client.replies[-2:],
+            [Reply("room:1", "error", RATE_LIMITED, ref, "j") for ref in refs[5:]],
+        )
+        self.assertEqual([e[3]["n"] for e in self.client.socket.events if e[0] == "in"], list(range(5)))
+        self.assertFalse(self.client.closed)
+
+    def test_refill(self) -> None:
+        """Tokens come back at the rate: after 0.1 s at 10/s, one more event is served."""
+        for _ in range(5):
+            self.client.heartbeat()
+        self.client.assert_reply(self.client.heartbeat(), "error", RATE_LIMITED)
+        self.harness.advance(0.1)
+        self.client.assert_reply(self.client.heartbeat(), "ok", {})
+        self.client.assert_reply(self.client.heartbeat(), "error", RATE_LIMITED)
+
+    def test_heartbeatsCount(self) -> None:
+        """Heartbeats take event tokens; a refused one is an error reply with a null join_ref."""
+        for _ in range(5):
+            self.client.heartbeat()
+        ref = self.client.push("phoenix", "heartbeat", {}, join_ref="x")
+        self.assertEqual(self.client.replies[-1], Reply("phoenix", "error", RATE_LIMITED, ref, None))
+        ref = self.client.push("room:1", "echo", {})
+        self.client.assert_reply(ref, "error", RATE_LIMITED)
+
+    def test_explicitNow(self) -> None:
+        """frame_received takes the arrival time from its caller instead of the clock."""
+        session = self.client.session
+        frame = b'[null,"h","phoenix","heartbeat",{}]'
+        for _ in range(6):
+            session.frame_received(frame, False, 0.0)
+        self.assertEqual(self.client.replies[-1].status, "error")
+        session.frame_received(frame, False, 0.1)  # the clock still says 0
+        self.assertEqual(self.client.replies[-1].status, "ok")
+
+    def test_persistentFlooderClosed(self) -> None:
+        """
+        After burst accepted and burst more refused, the next event closes
+        the connection with 1008; its channels end, it is logged once.
+        """
+        self.successResultOf(self.client.join("room:1"))
+        for _ in range(11):
+            self.client.heartbeat()
+        self.assertEqual(self.client.close_code, 1008)
+        self.assertEqual([r.status for r in self.client.replies[1:]], ["ok"] * 5 + ["error"] * 5)
+        self.assertEqual(
+            self.client.socket.events[-1], ("terminate", "room:1", ("shutdown", "closed"))
+        )
+        self.assertEqual(self.harness.endpoint.pubsub.subscribers("room:1"), ())
+        self.assertEqual(
+            self.logs.texts("Rate limiting"),
+            ["Rate limiting a EventSocket connection: more than 5 events at once or 10/s"],
+        )
+        self.assertEqual(
+            self.logs.texts("kept sending"),
+            ["Closing a EventSocket connection that kept sending events over 10/s (burst 5) after 5 were refused"],
+        )
+        self.client.heartbeat()  # nothing more is read
+        self.assertEqual(len(self.client.replies), 11)
+
+    def test_otherSessionsUnaffected(self) -> None:
+        """One connection's flood and closing leave another's limits and channels alone."""
+        other = self.harness.socket(EventSocket)
+        self.successResultOf(other.join("room:1"))
+        self.successResultOf(self.client.join("room:1"))
+        for _ in range(20):
+            self.client.push("room:1", "echo", {})
+        self.assertEqual(self.client.close_code, 1008)
+        refs = [other.push("room:1", "echo", {"i": i}) for i in range(5)]
+        for i, ref in enumerate(refs):
+            other.assert_reply(ref, "ok", {"i": i})
+        self.assertFalse(other.closed)
+        self.assertEqual(len(self.harness.endpoint.pubsub.subscribers("room:1")), 1)
+
+    def test_joinsLimited(self) -> None:
+        """Joins have their own bucket: beyond join_burst they get "rate limited" and join nothing."""
+        for i in range(3):
+            self.assertEqual(self.successResultOf(self.client.join(f"room:{i}")).status, "ok")
+        reply = self.successResultOf(self.client.join("room:3", join_ref="j3"))
+        self.assertEqual(reply, Reply("room:3", "error", RATE_LIMITED, reply.ref, "j3"))
+        self.assertNotIn("room:3", self.client.session.channels)
+        self.assertNotIn(("join", "room:3", {}), self.client.socket.events)
+        ref = self.client.push("room:1", "echo", {})  # events are not affected
+        self.client.assert_reply(ref, "ok")
+        self.harness.advance(1)
+        self.assertEqual(self.successResultOf(self.client.join("room:3")).status, "ok")
+
+    def test_persistentJoinerClosed(self) -> None:
+        """A client that keeps joining after join_burst refusals is closed with 1008."""
+        for i in range(6):
+            self.client.join(f"room:{i}")
+        self.assertFalse(self.client.closed)
+        self.client.join("room:6")
+        self.assertEqual(self.client.close_code, 1008)
+        self.assertEqual(self.logs.texts("kept sending joins")[0][:40], "Closing a EventSocket connection that ke")
+
+    def test_leaveOfJoinedTopicNeverRefused(self) -> None:
+        """Out of event tokens, a leave of a joined topic is still served (phoenix.js needs its ok)."""
+        self.successResultOf(self.client.join("room:1", join_ref="j"))
+        for _ in range(5):
+            self.client.heartbeat()
+        ref = self.client.leave("room:1")
+        self.client.assert_reply(ref, "ok", {})
+        self.client.assert_push("phx_close", {})
+        self.assertEqual(self.client.session.channels, {})
+        # A leave of a topic not joined, or with a stale join_ref, is an event like any.
+        ref = self.client.leave("room:2")
+        self.client.assert_reply(ref, "error", RATE_LIMITED)
+
+    def test_refusalsKeepOrderBehindPendingJoin(self) -> None:
+        """While a join is pending, refusals queue behind the frames before them."""
+        d = self.client.join("room:1", {"pending": True})
+        refs = [self.client.push("room:1", "echo", {"i": i}) for i in range(7)]
+        self.assertEqual(self.client.messages, [])
+        self.client.socket.pending[0].callback(None)
+        self.successResultOf(d)
+        replies = [m for m in self.client.replies if m.ref in refs]
+        self.assertEqual([r.ref for r in replies], refs)
+        self.assertEqual([r.status for r in replies], ["ok"] * 5 + ["error"] * 2)
+
+    def test_limitsPerInstance(self) -> None:
+        """An endpoint instance may override the limits; None lifts a limit."""
+        harness = ChannelTest(SmallLimitsEndpoint)
+        harness.endpoint.event_rate = None
+        client = harness.socket(EventSocket)
+        for _ in range(50):
+            client.heartbeat()
+        self.assertEqual({r.status for r in client.replies}, {"ok"})
+        self.assertFalse(client.closed)
+
+    def test_defaultsAllowFullRejoin(self) -> None:
+        """
+        With the default limits, a client rejoins its 100 channels at once,
+        twice on the same connection, and 200 events at once are served.
+        """
+        harness = ChannelTest()
+        client = harness.socket(EventSocket)
+        for _round in range(2):
+            replies = [client.join(f"room:{i}") for i in range(100)]
+            self.assertEqual({self.successResultOf(d).status for d in replies}, {"ok"})
+        refs = [client.heartbeat() for _ in range(200)]
+        self.assertEqual({r.status for r in client.replies if r.ref in refs}, {"ok"})
+        self.assertEqual(client.replies[-1].ref, refs[-1])
+
+    def test_defaults(self) -> None:
+        """The default limits are 100 events/s (burst 200) and 20 joins/s (burst 200)."""
+        self.assertEqual(
+            (Endpoint.event_rate, Endpoint.event_burst, Endpoint.join_rate, Endpoint.join_burst),
+            (100.0, 200.0, 20.0, 200.0),
+        )
+
+
+class EncodeFailureTests(SynchronousTestCase):
+    """
+    Tests for what the client gets when the server's own frame cannot be encoded.
+    """
+
+    def setUp(self) -> None:
+        self.harness = ChannelTest()
+        self.client = self.harness.socket(UnencodableSocket)
+
+    def test_joinReplyUnencodable(self) -> None:
+        """An ok join whose reply cannot be encoded is a crashed join: nothing stays joined."""
+        reply = self.successResultOf(self.client.join("bad:ok", join_ref="5"))
+        self.assertEqual(reply, Reply("bad:ok", "error", CRASHED, reply.ref, "5"))
+        self.assertEqual(len(self.flushLoggedErrors(TypeError)), 1)
+        self.assertEqual(self.client.session.channels, {})
+        self.assertEqual(self.harness.endpoint.pubsub.subscribers("bad:ok"), ())
+        self.assertEqual(self.harness.endpoint.pubsub.subscribers("elsewhere"), ())
+        self.assertEqual(self.client.socket.ended, ["bad:ok"])
+        self.harness.advance(10)  # its timer is gone
+        self.client.refute_push("tick")
+        ref = self.client.push("bad:ok", "x", {})
+        self.client.assert_reply(ref, "error", UNMATCHED)
+
+    def test_joinErrorUnencodable(self) -> None:
+        """A refused join whose response cannot be encoded is answered as a crashed join."""
+        reply = self.successResultOf(self.client.join("bad:error"))
+        self.assertEqual((reply.status, reply.payload), ("error", CRASHED))
+        self.assertEqual(len(self.flushLoggedErrors(TypeError)), 1)
+        self.assertEqual(self.client.session.channels, {})
+
+    def test_duplicateJoinUnencodable(self) -> None:
+        """A duplicate join whose reply cannot be encoded still closes the old channel."""
+        self.successResultOf(self.client.join("bad:ok", {"fine": True}, join_ref="1"))
+        reply = self.successResultOf(self.client.join("bad:ok", join_ref="2"))
+        self.assertEqual(reply.payload, CRASHED)
+        self.flushLoggedErrors(TypeError)
+        self.client.assert_push("phx_close", {})
+        self.assertEqual(self.client.session.channels, {})
+        self.assertEqual(self.harness.endpoint.pubsub.subscribers("bad:ok"), ())
+
+
+class UnencodableChannel(Channel):
+    """A channel whose join answers with a value JSON cannot carry, unless told otherwise."""
+
+    def join(self, topic: str, payload: Any) -> Any:
+        self.send_after(5, "tick")
+        self.subscribe("elsewhere")
+        self._server.on_end(lambda: self.socket.ended.append(topic))
+        if payload.get("fine"):
+            return None
+        if topic == "bad:error":
+            return error({"why": object()})
+        return ok({"value": object()})
+
+    def handle_info(self, message: Any) -> None:
+        self.push(message, {})
+
+
+class UnencodableSocket(Socket):
+    channels = {"bad:*": UnencodableChannel}
+
+    def __init__(self, endpoint: Any) -> None:
+        super().__init__(endpoint)
+        self.ended: list[str] = []
+
+
+class SessionLogTests(SynchronousTestCase):
+    """
+    Tests for what the session logs about client input: bounded and rate-limited.
+    """
+
+    def setUp(self) -> None:
+        self.harness = ChannelTest()
+        self.client = self.harness.socket(EventSocket)
+        self.logs = LogRecorder(self)
+
+    def test_longTopicTruncated(self) -> None:
+        """A long unmatched topic is logged cut to 200 characters, with its length."""
+        topic = "t" * 255
+        self.client.join(topic)
+        [line] = self.logs.texts("Ignoring unmatched topic")
+        self.assertEqual(line, f"Ignoring unmatched topic {'t' * 200!r}… (255 chars) in EventSocket")
+
+    def test_repeatedWarningSuppressed(self) -> None:
+        """
+        Unmatched-topic warnings are logged 10 times per 10 s across the
+        endpoint's connections; the next one counts the rest.
+        """
+        other = self.harness.socket(EventSocket)
+        for i in range(30):
+            (self.client if i % 2 else other).join(f"nowhere:{i}")
+        self.assertEqual(len(self.logs.texts("Ignoring unmatched topic")), 10)
+        self.harness.advance(10)
+        self.client.join("nowhere:again")
+        self.assertEqual(
+            self.logs.texts("Ignoring unmatched topic")[-1],
+            "Ignoring unmatched topic 'nowhere:again' in EventSocket (suppressed 20 similar messages)",
+        )
+
+    def test_budgetPerEndpoint(self) -> None:
+        """Another endpoint has its own budget."""
+        for i in range(20):
+            self.client.join(f"nowhere:{i}")
+        ChannelTest().socket(EventSocket).join("nowhere")
+        self.assertEqual(len(self.logs.texts("Ignoring unmatched topic")), 11)

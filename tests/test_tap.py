@@ -290,6 +290,10 @@ class LimitOptionsTests(SynchronousTestCase):
             "handshake-timeout": ("handshake_timeout", "2.5", 2.5),
             "max-header-bytes": ("max_header_bytes", "4096", 4096),
             "handshakes-per-turn": ("handshakes_per_turn", "8", 8),
+            "event-rate": ("event_rate", "50", 50.0),
+            "event-burst": ("event_burst", "60", 60.0),
+            "join-rate": ("join_rate", "none", None),
+            "join-burst": ("join_burst", "10", 10.0),
         }
         self.assertEqual(sorted(values), sorted(option for option, _, _, _ in ENDPOINT_LIMITS))
         argv = [item for option, (_, text, _) in values.items() for item in (f"--{option}", text)]

@@ -136,12 +136,13 @@ class WireFormatTests(_Served, TestCase):
         self.assertEqual(frame, (b'[null,"7","phoenix","phx_reply",{"response":{},"status":"ok"}]', False))
 
     @inlineCallbacks
-    def test_refsEchoedWithTheirType(self) -> None:
-        """Numeric refs come back as numbers, not strings."""
+    def test_numericRefsRefused(self) -> None:
+        """Refs must be strings or null: numeric refs are a malformed frame (1011), nothing joined."""
         client = yield self.connect()
         client.send_text('[1,2,"ping","phx_join",{}]')
-        frame = yield client.next_frame()
-        self.assertEqual(frame, (b'[1,2,"ping","phx_reply",{"response":{},"status":"ok"}]', False))
+        was_clean, code, _ = yield client.closed
+        self.assertEqual((was_clean, code), (True, 1011))
+        self.assertEqual(client.pending_frames, 0)
 
     @inlineCallbacks
     def _v1(self, query: str | None) -> Any:
@@ -435,14 +436,14 @@ class AuthSocketTests(TestCase):
 
     @inlineCallbacks
     def test_disconnectBroadcast(self) -> None:
-        """"disconnect" on auth_socket:42 closes user 42 with 1001; user 7 stays connected."""
+        """"disconnect" on auth_socket:42 closes user 42 with 1001 and no reason text (Phoenix 1.8.8+); user 7 stays connected."""
         user42 = yield self.connect(sign(SECRET, SALT, 42))
         user7 = yield self.connect(sign(SECRET, SALT, 7))
         yield user42.join_and_ping("ping", "1")
         yield user7.join_and_ping("ping", "1")
         self.endpoint.broadcast("auth_socket:42", "disconnect", {})
-        was_clean, code, _ = yield user42.closed
-        self.assertEqual((was_clean, code), (True, 1001))
+        was_clean, code, reason = yield user42.closed
+        self.assertEqual((was_clean, code, reason), (True, 1001, None))
         self.assertEqual(user42.pending_frames, 0)
         reply = yield user7.request(["1", "2", "ping", "ping", {}])
         self.assertEqual(reply, ["1", "2", "ping", "phx_reply", PONG])

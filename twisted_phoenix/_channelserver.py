@@ -16,6 +16,8 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from ._log import RateLimitedLog, limited_log, truncate_repr
+
 from .channel import Channel, Result, SocketRef, Stop, is_normal_reason
 from .message import Broadcast, Message, Reply
 
@@ -173,11 +175,11 @@ class ChannelServer:
         return result
 
     def _join_crashed(self, failure: Failure) -> Result:
-        self.log.failure(
-            "{channel} crashed joining {topic!r}",
+        self._rlog().failure(
+            "{channel} crashed joining {topic}",
             failure,
             channel=type(self.channel).__name__,
-            topic=self.topic,
+            topic=truncate_repr(self.topic),
         )
         self._die()
         return JOIN_CRASHED
@@ -366,7 +368,9 @@ class ChannelServer:
             try:
                 callback()
             except Exception:
-                self.log.failure("{topic!r}: an end-of-channel callback failed", topic=self.topic)
+                self._rlog().failure(
+                    "{topic}: an end-of-channel callback failed", topic=truncate_repr(self.topic)
+                )
 
     def _terminate(self, reason: Any) -> None:
         """Run the channel's terminate; pushes it makes still go out."""
@@ -374,9 +378,9 @@ class ChannelServer:
         self._mailbox.clear()
         d = maybeDeferred(self.channel.terminate, reason)
         d.addErrback(
-            lambda f: self.log.failure(
-                "{channel} {topic!r} failed in terminate", f,
-                channel=type(self.channel).__name__, topic=self.topic,
+            lambda f: self._rlog().failure(
+                "{channel} {topic} failed in terminate", f,
+                channel=type(self.channel).__name__, topic=truncate_repr(self.topic),
             )
         )
         self._die()
@@ -392,9 +396,10 @@ class ChannelServer:
         if normal:
             self.session.channel_closed(self)
         else:
-            self.log.error(
-                "{channel} {topic!r} stopped with reason {reason!r}",
-                channel=type(self.channel).__name__, topic=self.topic, reason=reason,
+            self._rlog().error(
+                "{channel} {topic} stopped with reason {reason}",
+                channel=type(self.channel).__name__, topic=truncate_repr(self.topic),
+                reason=truncate_repr(reason),
             )
         self._terminate(reason)
         if not normal:
@@ -403,12 +408,14 @@ class ChannelServer:
     def crash(self, failure: Failure) -> None:
         """A callback raised: log it, terminate, and tell the client ``phx_error``."""
         if self.state is DEAD or self.state is ENDING:
-            self.log.failure("{topic!r} failed after it ended", failure, topic=self.topic)
+            self._rlog().failure(
+                "{topic} failed after it ended", failure, topic=truncate_repr(self.topic)
+            )
             return
         self._current = None
-        self.log.failure(
-            "{channel} {topic!r} crashed", failure,
-            channel=type(self.channel).__name__, topic=self.topic,
+        self._rlog().failure(
+            "{channel} {topic} crashed", failure,
+            channel=type(self.channel).__name__, topic=truncate_repr(self.topic),
         )
         self._terminate(failure)
         self.session.channel_errored(self)
@@ -421,5 +428,9 @@ class ChannelServer:
             self._die()
 
     def kill(self) -> None:
-        """End at once without terminate (a duplicate join)."""
+        """End at once without terminate (a duplicate join, or a join reply that cannot be encoded)."""
         self._die()
+
+    def _rlog(self) -> RateLimitedLog:
+        """The rate-limited log the channel servers of this endpoint share."""
+        return limited_log(ChannelServer.log, self.session.reactor, self.session.endpoint)

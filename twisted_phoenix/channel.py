@@ -42,6 +42,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Collection, NamedTuple
 
 from twisted.internet.defer import Deferred
 
+from ._log import truncate_repr
+
 if TYPE_CHECKING:
     from ._channelserver import ChannelServer, Timer
     from .endpoint import Endpoint
@@ -133,10 +135,10 @@ class Channel:
 
     def handle_info(self, message: Any) -> Stop | None | Deferred[Any]:
         """Handle a message sent to this channel by the server."""
-        self._server.log.warn(
-            "{channel} received unexpected message in handle_info: {info!r}",
+        self._server._rlog().warn(
+            "{channel} received unexpected message in handle_info: {info}",
             channel=type(self).__name__,
-            info=message,  # not "message": legacy log observers overwrite that key
+            info=truncate_repr(message),  # not "message": legacy log observers overwrite that key
         )
         return None
 

@@ -182,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
 
     env = resolve_env(args.env)
     endpoint_class = load_endpoint_class(args.endpoint)
-    pubsub = PubSub(args.name)
+    pubsub = PubSub(args.name, clock=reactor)
     tls = None
     if args.dist_cert or args.dist_key or args.dist_ca:
         tls = ClusterTLS.from_files(args.dist_cert, args.dist_key, args.dist_ca)

@@ -87,6 +87,20 @@ class Endpoint:
     :cvar handshakes_per_turn: requests (WebSocket handshakes, HTTP requests)
         handled per reactor turn; the rest wait their turn, so that a
         connect storm does not starve the clients already connected.
+    :cvar event_rate: messages a connection may send per second, on
+        average; every message but ``phx_join`` counts, heartbeats
+        included.  ``None``: no limit.
+    :cvar event_burst: messages a connection may send at once, above
+        :attr:`event_rate`.  A message over the limit gets the error reply
+        ``{"reason": "rate limited"}`` (a ``phx_leave`` of a joined topic is
+        never refused); a connection that keeps sending after a further
+        ``event_burst`` refusals (net of ``event_rate`` per second) is
+        closed with 1008.
+    :cvar join_rate: ``phx_join`` messages a connection may send per
+        second, on average.  ``None``: no limit.
+    :cvar join_burst: ``phx_join`` messages a connection may send at once.
+        Over the limit, as for events: ``{"reason": "rate limited"}``, then
+        1008.
 
     :param reactor: provides time and networking (a
         :class:`~twisted.internet.testing.MemoryReactorClock` in tests).
@@ -108,6 +122,18 @@ class Endpoint:
     max_connections: ClassVar[int | None] = None
     handshakes_per_turn: ClassVar[int] = 32
     close_timeout: ClassVar[float] = 5.0
+    # Generous for phoenix.js apps: a heartbeat every 30 s, pushes as fast
+    # as a person or a chatty UI makes them.
+    event_rate: ClassVar[float | None] = 100.0
+    event_burst: ClassVar[float] = 200.0
+    # phoenix.js rejoins every channel at once when it reconnects, and a
+    # Socket holds at most 100 (max_channels): a burst of twice that lets a
+    # client rejoin all of them at once, on a new connection (whose bucket
+    # starts full) or on the same one (after every channel errored, say),
+    # and 20/s brings back a full rejoin within 5 s.  phoenix.js's own
+    # rejoin backoff (1, 2, 5, then 10 s per channel) stays well inside.
+    join_rate: ClassVar[float | None] = 20.0
+    join_burst: ClassVar[float] = 200.0
 
     def __init__(
         self,
@@ -120,7 +146,7 @@ class Endpoint:
         self.reactor = reactor
         self.node_name = node_name
         self.secret_key_base = secret_key_base
-        self.pubsub = pubsub if pubsub is not None else PubSub(node_name)
+        self.pubsub = pubsub if pubsub is not None else PubSub(node_name, clock=reactor)
         #: This endpoint's :class:`~twisted_phoenix.presence.Presence`.
         self.presence: Presence = self.presence_class(self, **self.presence_options)
         self._callbacks: dict[tuple[str, Callable[[Broadcast], Any]], CallbackSubscriber] = {}

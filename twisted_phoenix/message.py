@@ -29,8 +29,10 @@ class Message(NamedTuple):
     """
     A message from a client, or a push from a channel to its client.
 
-    ``ref`` and ``join_ref`` are echoed exactly as the client sent them,
-    whatever their JSON type.
+    ``ref`` and ``join_ref`` are strings or ``None`` (the serializers
+    refuse anything else, and strings over 64 bytes), and are echoed
+    exactly as the client sent them.  ``topic`` and ``event`` are strings of
+    at most 255 bytes.
     """
 
     topic: str

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 from typing import Any, Callable, Protocol
 
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 
+from ._log import RateLimitedLog, truncate_repr
 from .message import Broadcast
 from .serializers import Frame, Serializer
 
@@ -98,14 +99,26 @@ class PubSub:
 
     Subscribing twice is the same as subscribing once.  Dispatch iterates a
     snapshot of the subscribers, so a subscriber may subscribe, unsubscribe or
-    close while a broadcast is being delivered.
+    close while a broadcast is being delivered.  One subscriber's failure
+    never keeps a broadcast from the others: a broadcast that a serializer
+    cannot encode is dropped for that serializer's fastlane subscribers
+    only, and a subscriber that raises is skipped; each is logged.
+
+    :param node_name: this node's name.
+    :param adapter: moves broadcasts to the other nodes, if any.
+    :param clock: gives the time (a reactor) to rate-limit the log of those
+        failures (see :class:`~twisted_phoenix._log.RateLimitedLog`);
+        without one every failure is logged.
     """
 
     log = Logger()
 
-    def __init__(self, node_name: str = "nonode@nohost", adapter: Adapter | None = None) -> None:
+    def __init__(
+        self, node_name: str = "nonode@nohost", adapter: Adapter | None = None, *, clock: Any = None
+    ) -> None:
         self.node_name = node_name
         self.adapter = adapter
+        self._rlog = RateLimitedLog(Logger(PubSub.log.namespace), clock)
         self._topics: dict[str, dict[Subscriber, None]] = {}
         self._snapshots: dict[str, tuple[Subscriber, ...]] = {}
 
@@ -179,27 +192,45 @@ class PubSub:
         if not subscribers:
             return
         event = message.event
-        frames: dict[Serializer, Frame] = {}
+        # serializer → its Frame, or False when it cannot encode the broadcast
+        frames: dict[Serializer, Frame | bool] = {}
         for subscriber in subscribers:
             if subscriber is sender:
                 continue
             connection = subscriber.fastlane
-            if connection is not None and event not in subscriber.intercepts:
-                serializer = subscriber.serializer
-                frame = frames.get(serializer)  # type: ignore[arg-type]
-                if frame is None:
-                    frame = frames[serializer] = serializer.fastlane(message)  # type: ignore[union-attr]
-                connection.send_frame(frame)
-            else:
-                try:
+            try:
+                if connection is not None and event not in subscriber.intercepts:
+                    serializer = subscriber.serializer
+                    frame = frames.get(serializer)  # type: ignore[arg-type]
+                    if frame is None:
+                        frame = frames[serializer] = self._fastlane(serializer, message)  # type: ignore[index]
+                    if frame is not False:
+                        connection.send_frame(frame)  # type: ignore[arg-type]
+                else:
                     subscriber.handle_broadcast(message)
-                except Exception:
-                    self.log.failure(
-                        "Subscriber {subscriber!r} failed on {topic} {event}",
-                        subscriber=subscriber,
-                        topic=message.topic,
-                        event=event,
-                    )
+            except Exception:
+                self._rlog.failure(
+                    "Subscriber {subscriber} failed on {topic} {event}",
+                    subscriber=truncate_repr(subscriber),
+                    topic=truncate_repr(message.topic),
+                    event=truncate_repr(event),
+                    level=LogLevel.error,
+                )
+
+    def _fastlane(self, serializer: Serializer, message: Broadcast) -> Frame | bool:
+        """``serializer``'s frame for ``message``, or ``False`` (logged) if it cannot encode it."""
+        try:
+            return serializer.fastlane(message)
+        except Exception:
+            self._rlog.failure(
+                "{serializer} cannot encode a broadcast {event} on {topic}; "
+                "dropped for its fastlane subscribers",
+                serializer=type(serializer).__name__,
+                topic=truncate_repr(message.topic),
+                event=truncate_repr(message.event),
+                level=LogLevel.error,
+            )
+            return False
 
 
 def _broadcast(topic: str, event: str, payload: Any) -> Broadcast:

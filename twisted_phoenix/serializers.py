@@ -8,6 +8,15 @@ server produces: no whitespace, object keys sorted, non-ASCII raw, control
 characters escaped with upper-case hex.  Floats keep Python's form (``1000.0``
 where Erlang writes ``1.0e3``).
 
+Decoding checks what every later step relies on, and refuses anything else
+with a :class:`DecodeError` (the transport then closes the connection with
+1011, as Phoenix's crash does): ``topic`` and ``event`` are strings,
+``ref`` and ``join_ref`` strings or ``null``, each within a size limit
+(:attr:`Serializer.max_name_bytes`, :attr:`Serializer.max_ref_bytes`), and
+a JSON payload is nested no deeper than a reply to it can be encoded
+(:attr:`Serializer.max_payload_depth`).  So whatever decodes can be echoed
+back.
+
 Every ``encode`` returns a :class:`Frame`.  A broadcast is encoded once per
 serializer by :meth:`Serializer.fastlane` and the same ``Frame`` (with its
 transport-level framing cached in :attr:`Frame.wire`) is handed to every
@@ -89,19 +98,40 @@ class Frame:
 class Serializer:
     """
     The interface of a serializer.  Serializers are stateless singletons.
+
+    The limits below apply to what clients send; a deployment changes them
+    in a subclass listed in its socket's ``serializers``.
+
+    :cvar max_name_bytes: the longest ``topic`` or ``event``, in UTF-8
+        bytes: 255, what a V2 binary frame can carry.
+    :cvar max_ref_bytes: the longest ``ref`` or ``join_ref``, in UTF-8
+        bytes (phoenix.js sends decimal counters).
+    :cvar max_payload_depth: the deepest nesting of arrays and objects in a
+        JSON payload.  A reply wraps the payload in two more levels, and
+        orjson encodes at most 254, hence 252 (a higher value lets through
+        payloads whose replies cannot be encoded).
     """
 
     vsn: str = ""
+    max_name_bytes: int = 255
+    max_ref_bytes: int = 64
+    max_payload_depth: int = 252
 
     def encode(self, message: Message | Reply) -> Frame:
         """
         Encode a push or a reply for one client.
+
+        :raises TypeError: or :class:`ValueError` for a payload this format
+            cannot carry (not JSON, or binary on V1, or a binary frame field
+            over 255 bytes).
         """
         raise NotImplementedError
 
     def fastlane(self, broadcast: Broadcast) -> Frame:
         """
         Encode a broadcast, once for every subscriber using this serializer.
+
+        :raises TypeError: or :class:`ValueError`, as :meth:`encode`.
         """
         raise NotImplementedError
 
@@ -109,17 +139,67 @@ class Serializer:
         """
         Decode one client frame.
 
-        :raises DecodeError: when the frame is malformed.
+        :raises DecodeError: when the frame is malformed or breaks a limit.
         """
         raise NotImplementedError
+
+    def check(self, message: Message, data: bytes | None = None) -> Message:
+        """
+        Check the fields of a decoded ``message`` against this serializer's
+        limits, and return it.
+
+        :param data: the raw text frame the JSON payload came from: the
+            payload's nesting is measured only when ``data`` holds more
+            brackets than :attr:`max_payload_depth`, so a frame that cannot
+            be too deep costs two ``bytes.count`` calls.  ``None`` for a
+            binary payload.
+        :raises DecodeError: when a field breaks a rule.
+        """
+        # The hot path of every frame.  A string of n characters takes at
+        # most 4n bytes, so short ones need no encoding to be measured.
+        topic, event, payload, ref, join_ref = message
+        if type(topic) is not str or type(event) is not str:
+            raise DecodeError("topic and event must be strings")
+        limit = self.max_name_bytes
+        if len(topic) + len(event) > limit >> 2 and (_over(topic, limit) or _over(event, limit)):
+            raise DecodeError(f"topic and event are limited to {limit} bytes")
+        limit = self.max_ref_bytes
+        if ref is not None and (type(ref) is not str or len(ref) > limit >> 2 and _over(ref, limit)):
+            raise DecodeError(f"ref must be null or a string of at most {limit} bytes")
+        if join_ref is not None and (
+            type(join_ref) is not str or len(join_ref) > limit >> 2 and _over(join_ref, limit)
+        ):
+            raise DecodeError(f"join_ref must be null or a string of at most {limit} bytes")
+        if data is not None:
+            limit = self.max_payload_depth
+            if len(data) > limit and data.count(b"[") + data.count(b"{") > limit:
+                # Enough brackets to be too deep: measure by encoding, at C
+                # speed, what a reply would wrap the payload in.
+                try:
+                    _too_deep(payload, limit)
+                except orjson.JSONEncodeError:
+                    raise DecodeError(f"payloads are limited to {limit} levels of nesting") from None
+        return message
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} vsn={self.vsn}>"
 
 
-def _check_text(topic: Any, event: Any) -> None:
-    if type(topic) is not str or type(event) is not str:
-        raise DecodeError("topic and event must be strings")
+def _over(text: str, limit: int) -> bool:
+    """Whether ``text`` takes more than ``limit`` bytes in UTF-8 (isascii is O(1))."""
+    return len(text) > limit or not text.isascii() and len(text.encode("utf-8")) > limit
+
+
+#: orjson's deepest nesting when encoding.
+_ORJSON_MAX_DEPTH = 254
+
+
+def _too_deep(payload: Any, depth: int) -> None:
+    """Raise orjson.JSONEncodeError when ``payload`` is nested deeper than ``depth``."""
+    wrapped = payload
+    for _ in range(_ORJSON_MAX_DEPTH - depth):
+        wrapped = [wrapped]
+    orjson.dumps(wrapped)
 
 
 class V1JSONSerializer(Serializer):
@@ -170,8 +250,7 @@ class V1JSONSerializer(Serializer):
             topic, event, payload, ref = obj["topic"], obj["event"], obj["payload"], obj["ref"]
         except KeyError as e:
             raise DecodeError(f"a V1 message needs the key {e.args[0]!r}") from None
-        _check_text(topic, event)
-        return Message(topic, event, payload, ref, obj.get("join_ref"))
+        return self.check(Message(topic, event, payload, ref, obj.get("join_ref")), data)
 
 
 # V2 binary frame kinds.
@@ -240,11 +319,9 @@ class V2JSONSerializer(Serializer):
         if type(obj) is not list or len(obj) < 5:
             raise DecodeError("a V2 message must be a JSON array of 5 items")
         join_ref, ref, topic, event, payload = obj[:5]
-        _check_text(topic, event)
-        return Message(topic, event, payload, ref, join_ref)
+        return self.check(Message(topic, event, payload, ref, join_ref), data)
 
-    @staticmethod
-    def _decode_binary(data: bytes) -> Message:
+    def _decode_binary(self, data: bytes) -> Message:
         if len(data) < 5 or data[0] != _PUSH:
             raise DecodeError("a binary frame from a client must be a push (kind 0)")
         sizes = data[1:5]
@@ -260,7 +337,7 @@ class V2JSONSerializer(Serializer):
         except UnicodeDecodeError:
             raise DecodeError("binary frame fields must be UTF-8") from None
         join_ref, ref, topic, event = fields
-        return Message(topic, event, data[end:], ref, join_ref)
+        return self.check(Message(topic, event, data[end:], ref, join_ref))
 
 
 V1 = V1JSONSerializer()

@@ -83,6 +83,13 @@ def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
     return parse
 
 
+def _rate(text: str) -> float | None:
+    """A rate per second, or ``none`` for no limit."""
+    if text.lower() == "none":
+        return None
+    return _positive(float)(text)
+
+
 #: ``twistd phoenix`` options that set an :class:`Endpoint` limit:
 #: ``(option, attribute, parser, help)``.  Without the option, the
 #: endpoint class's own value holds (its default shows in ``--help``).
@@ -99,6 +106,14 @@ ENDPOINT_LIMITS: list[tuple[str, str, Callable[[str], Any], str]] = [
      "The largest request head (then 431)."),
     ("handshakes-per-turn", "handshakes_per_turn", _positive(int),
      "WebSocket handshakes and HTTP requests handled per reactor turn during a connect storm."),
+    ("event-rate", "event_rate", _rate,
+     "Messages a connection may send per second, on average (none: no limit)."),
+    ("event-burst", "event_burst", _positive(float),
+     "Messages a connection may send at once above the rate (then 'rate limited', then 1008)."),
+    ("join-rate", "join_rate", _rate,
+     "Joins a connection may send per second, on average (none: no limit)."),
+    ("join-burst", "join_burst", _positive(float),
+     "Joins a connection may send at once above the rate."),
 ]
 
 #: ``twistd phoenix`` options for the presence tracker: ``(option, tracker
@@ -468,7 +483,7 @@ def makeService(options: Options) -> service.IService:
     before, after = raise_file_limit()
     if after != before:
         log.info("Raised the open-file limit from {before} to {after}", before=before, after=after)
-    pubsub = PubSub(options["name"])
+    pubsub = PubSub(options["name"], clock=reactor)
     endpoint = options["endpoint_class"](
         reactor, node_name=options["name"], secret_key_base=options["secret"], pubsub=pubsub
     )

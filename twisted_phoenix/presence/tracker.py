@@ -27,6 +27,7 @@ from typing import Any, Callable
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from .._log import limited_log, truncate
 from ..message import Broadcast
 from ..pubsub import CallbackSubscriber, PubSub
 from ._state import Dot, Entry, Fragment, State, WireError
@@ -247,7 +248,9 @@ class Tracker:
     def _gossip(self, message: Broadcast) -> None:
         payload = message.payload
         if not isinstance(payload, dict):
-            log.error("Ignored bad presence gossip: a {event} that is not a map", event=message.event)
+            limited_log(log, self.reactor, self).error(
+                "Ignored bad presence gossip: a {event} that is not a map", event=truncate(message.event)
+            )
             return
         replica_name, node = payload.get("replica"), payload.get("node")
         if replica_name == self.replica or not isinstance(replica_name, str) or not isinstance(node, str):
@@ -273,7 +276,10 @@ class Tracker:
                     log.info("Presence replica {replica} left", replica=replica_name)
                     self._permdown(replica)
         except (WireError, KeyError, TypeError) as e:
-            log.error("Ignored bad presence gossip from {node}: {error}", node=node, error=str(e))
+            limited_log(log, self.reactor, self).error(
+                "Ignored bad presence gossip from {node}: {error}",
+                node=truncate(node), error=truncate(str(e)),
+            )
 
     def _heard(self, replica_name: str, node: str) -> _Replica | None:
         if replica_name in self._timed_out and node not in self.replicas:

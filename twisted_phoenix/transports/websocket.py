@@ -329,7 +329,7 @@ class PhoenixServerProtocol(WebSocketServerProtocol):
         if session is None or session.closed:
             return
         try:
-            session.frame_received(payload, isBinary)
+            session.frame_received(payload, isBinary, self._last_seen)
         except DecodeError as e:
             self.log.error("Closing a connection that sent a malformed frame: {error}", error=str(e))
             self.close(CLOSE_INTERNAL_ERROR)
