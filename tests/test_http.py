@@ -324,15 +324,15 @@ class PhoenixSiteTests(SynchronousTestCase):
         self.successResultOf(self.site.when_idle())
 
     def test_refusalsLoggedRateLimited(self) -> None:
-        """Refusals are logged at most once a second, with a count of the rest."""
-        events: list[dict[str, Any]] = []
+        """Refusals are logged through the endpoint's rate-limited log, with a count of the rest."""
         from twisted.logger import Logger
 
-        self.site.log = Logger(observer=events.append)
-        for _ in range(5):
+        events: list[dict[str, Any]] = []
+        self.site.log = Logger(namespace="test_refusals", observer=events.append)
+        for _ in range(15):
             self._refused(b"\x16garbage\r\n\r\n", b"400 ")
-        self.assertEqual(len(events), 1)
-        self.clock.advance(1)
+        self.assertEqual(len(events), 10)
+        self.clock.advance(11)
         self._refused(b"\x16garbage\r\n\r\n", b"400 ")
-        self.assertEqual(len(events), 2)
-        self.assertIn("4 more since the last such message", events[1]["more"])
+        self.assertEqual(len(events), 11)
+        self.assertEqual(events[-1]["log_suppressed"], 5)

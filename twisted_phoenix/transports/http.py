@@ -38,6 +38,8 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.web.server import Site
 
+from .._log import limited_log
+
 if TYPE_CHECKING:
     from ..endpoint import Endpoint
     from .websocket import PhoenixServerFactory
@@ -280,7 +282,6 @@ class PhoenixSite(Factory):
         self._websockets = [
             ([s for s in mount.split("/") if s] + ["websocket"], factory) for mount, factory in websockets.items()
         ]
-        self._refusals = 0
 
     @property
     def handshakes_per_turn(self) -> int:
@@ -345,14 +346,5 @@ class PhoenixSite(Factory):
         return factory
 
     def log_refusal(self, text: str, **fields: Any) -> None:
-        """Log why a stranger was refused (at most once a second, with a count)."""
-        self._refusals += 1
-        now = self.reactor.seconds()
-        if now - getattr(self, "_refusal_logged", -2.0) >= 1.0:
-            self._refusal_logged = now
-            count, self._refusals = self._refusals, 0
-            self.log.warn(
-                "A connection was " + text + "{more}",
-                more=f" ({count - 1} more since the last such message)" if count > 1 else "",
-                **fields,
-            )
+        """Log why a stranger was refused (rate-limited: they may be thousands)."""
+        limited_log(self.log, self.reactor, self.endpoint).warn("A connection was " + text, **fields)

@@ -27,8 +27,10 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet.defer import maybeDeferred
 from twisted.internet.interfaces import ISSLTransport
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from .._log import RateLimitedLog, limited_log, truncate
 from .._output import StreamOutput
 from .._session import Session
 from ..origin import origin_allowed
@@ -48,6 +50,10 @@ __all__ = [
 ]
 
 txaio.use_twisted()
+
+#: Our own lines about clients (the protocol's ``log`` is Autobahn's txaio
+#: logger, which drops its debug chatter).
+_log = Logger("twisted_phoenix.transports.websocket.PhoenixServerProtocol")
 
 AUTH_TOKEN_PREFIX = "base64url.bearer.phx."
 
@@ -317,9 +323,13 @@ class PhoenixServerProtocol(WebSocketServerProtocol):
     def _touch(self) -> None:
         self._last_seen = self.factory.reactor.seconds()
 
+    def _limited(self) -> RateLimitedLog:
+        """The endpoint's rate-limited log for this transport's lines about a client."""
+        return limited_log(_log, self.factory.reactor, self.factory.endpoint)
+
     def idle_timeout(self) -> None:
         """No data for ``Socket.timeout`` seconds: close, as Phoenix does (1000)."""
-        self.log.info(
+        self._limited().info(
             "Closing an idle connection after {timeout} s without data", timeout=self.factory.idle.timeout
         )
         self.close(CLOSE_NORMAL)
@@ -331,10 +341,10 @@ class PhoenixServerProtocol(WebSocketServerProtocol):
         try:
             session.frame_received(payload, isBinary, self._last_seen)
         except DecodeError as e:
-            self.log.error("Closing a connection that sent a malformed frame: {error}", error=str(e))
+            self._limited().error("Closing a connection that sent a malformed frame: {error}", error=truncate(str(e)))
             self.close(CLOSE_INTERNAL_ERROR)
         except Exception:
-            self.log.failure("Closing a connection after an error handling its frame")
+            self._limited().failure("Closing a connection after an error handling its frame")
             self.close(CLOSE_INTERNAL_ERROR)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
@@ -348,9 +358,9 @@ class PhoenixServerProtocol(WebSocketServerProtocol):
         if session is not None:
             if not wasClean and not session.closed:
                 # A dead peer: no closing handshake (Autobahn logs it at debug only).
-                self.log.info(
+                self._limited().info(
                     "{socket} connection lost without a closing handshake: {reason}",
-                    socket=type(session.socket).__name__, reason=reason,
+                    socket=type(session.socket).__name__, reason=truncate(reason),
                 )
             session.connection_lost()
 
@@ -395,7 +405,7 @@ class PhoenixServerProtocol(WebSocketServerProtocol):
     def _fail_connection(self, code: int = 1001, reason: str = "going away") -> None:
         # Phoenix's adapters send no close reason: log ours, send none.
         if self.state == self.STATE_OPEN:
-            self.log.info("Closing a connection ({code}): {reason}", code=code, reason=reason)
+            self._limited().info("Closing a connection ({code}): {reason}", code=code, reason=truncate(reason))
         super()._fail_connection(code, "")
 
     def _closeConnection(self, abort: bool = False) -> None:
@@ -406,7 +416,7 @@ class PhoenixServerProtocol(WebSocketServerProtocol):
 
     def _fell_behind(self) -> None:
         """More than ``Endpoint.max_lag`` bytes wait for this client: give it up."""
-        self.log.warn(
+        self._limited().warn(
             "Closing a connection that does not read: over {limit} bytes wait for it",
             limit=self.factory.endpoint.max_lag,
         )
