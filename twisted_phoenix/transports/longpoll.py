@@ -17,7 +17,8 @@ broadcasts, presence and limits behave the same on both.
   ``{"status": 204, ...}`` when nothing came.
 * ``POST`` with a token carries one frame, or an ``application/x-ndjson``
   batch of at most ``Socket.longpoll_max_batch`` lines (V2 JSON text lines
-  start with ``[``, other lines are base64 of binary frames); answered
+  start with ``[`` (V1 objects with ``{``), other lines are base64 of
+  binary frames); answered
   ``{"status": 200}``, or ``410`` when the session is gone.
 * The HTTP status is always 200 (the real one is in the body);
   ``OPTIONS`` is answered as a CORS preflight.
@@ -236,14 +237,16 @@ class LongPollSession:
 
         ``ndjson`` lines starting with ``[`` are V2 text frames, other lines
         base64 of binary frames; a body that is not ``ndjson`` is one text
-        frame.  A frame the serializer cannot decode ends the session, as a
+        frame.  A line starting with ``{`` (a V1 JSON object, which no base64
+        starts with) is a text frame too: phoenix.js batches V1 messages as
+        well, where Phoenix would refuse them.  A frame the serializer cannot decode ends the session, as a
         malformed WebSocket frame closes the connection (400).
         """
         session = self.session
         for line in lines:
             if self.ended:
                 return 410
-            if ndjson and not line.startswith(b"["):
+            if ndjson and not line.startswith((b"[", b"{")):
                 try:
                     data, binary = base64.b64decode(line, validate=True), True
                 except (binascii.Error, ValueError):
@@ -579,23 +582,29 @@ class LongPoll(Resource):
 
     def _query(self, request: Request) -> tuple[list[tuple[str, str]], str | None]:
         """
-        The query's pairs without the session token, and the token.
+        The query's pairs for ``connect``, and the session token.
 
-        phoenix.js appends ``token=`` (``null`` before it has one) to the
-        socket's own params: the *last* ``token`` is the session's, and an
-        earlier one (a ``token`` param of the application's, as the demo's
-        ``/auth_socket`` has) stays a param of ``connect``.  The
-        ``x-phoenix-longpoll-token`` header may carry it instead.
+        As in Phoenix, the session token is the *last* ``token`` param (or
+        the ``x-phoenix-longpoll-token`` header): phoenix.js appends its
+        session token, once it has one, to the socket's own params.  An
+        application's own ``token`` param (the demo's ``/auth_socket`` has
+        one) comes first: when there are two, the last is left out of the
+        params ``connect`` sees, so that a session started after the old one
+        ended (a stale session token in the query) still authenticates.
         """
         _, _, query = request.uri.partition(b"?")
         pairs = parse_qsl(query.decode("latin-1"), keep_blank_values=True, encoding="utf-8", errors="replace")
         header = request.getHeader(b"x-phoenix-longpoll-token")
         if header is not None:
             return pairs, header.decode("latin-1")
-        for i in range(len(pairs) - 1, -1, -1):
-            if pairs[i][0] == "token":
-                return pairs[:i] + pairs[i + 1 :], pairs[i][1]
-        return pairs, None
+        found = [i for i, (key, _) in enumerate(pairs) if key == "token"]
+        if not found:
+            return pairs, None
+        last = found[-1]
+        token = pairs[last][1]
+        if len(found) > 1:
+            pairs = pairs[:last] + pairs[last + 1 :]
+        return pairs, token
 
     def _resume(self, token: str | None) -> tuple[str, str] | None:
         """``(node, session id)`` of a valid session token of this socket."""
