@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_handshake -*-
+# -*- test-case-name: tests.test_websocket,tests.test_longpoll -*-
 """
 Phoenix's connection handshake, the same for every transport.
 

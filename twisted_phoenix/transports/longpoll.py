@@ -371,8 +371,10 @@ class _Exchange:
         self.finished = True
         self._on_gone = []
         request = self.request
+        data = _json(body)
         request.setHeader(b"content-type", b"application/json; charset=utf-8")
-        request.write(_json(body))
+        request.setHeader(b"content-length", b"%d" % len(data))
+        request.write(data)
         request.finish()
 
     def answer_http(self, code: int) -> None:
@@ -382,6 +384,7 @@ class _Exchange:
         self.finished = True
         self._on_gone = []
         self.request.setResponseCode(code)
+        self.request.setHeader(b"content-length", b"0")
         self.request.finish()
 
 
