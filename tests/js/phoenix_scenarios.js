@@ -157,6 +157,25 @@ function recordingLongPoll(name) {
       emit({ ev: 'frame', sock: name, dir: 'out', binary, text: binary ? Buffer.from(body).toString('hex') : body });
       return super.send(body);
     }
+
+    ajax(method, ...rest) {
+      this.method = method;
+      return super.ajax(method, ...rest);
+    }
+
+    // With O.ports, each poll and each post goes to the next port in turn (a
+    // load balancer without sticky sessions in front of a cluster).
+    endpointURL() {
+      let url = super.endpointURL();
+      if (O.ports) {
+        this.requests = this.requests || {};
+        const n = this.requests[this.method] = (this.requests[this.method] || 0) + 1;
+        url = url.replace(/^(https?:\/\/[^/:]+):\d+/, `$1:${O.ports[n % O.ports.length]}`);
+      }
+      const port = Number(new URL(url).port);
+      emit({ ev: 'request', sock: name, method: this.method, port });
+      return url;
+    }
   };
 }
 
@@ -400,6 +419,23 @@ const scenarios = {
       neverOpens('anonymous', '/token_socket', { topic: 'whoami' }),
       neverOpens('forged', '/token_socket', { topic: 'whoami', authToken: O.forged_token }),
     ]);
+  },
+
+  // (two nodes, O.ports) One LongPoll client's requests alternate between the
+  // nodes; a second one too; pings and a broadcast reach both.
+  async cluster() {
+    const s = connect('a', '/socket');
+    const ping = join(s, 'ping');
+    await joinResult(s, 'ping');
+    for (let i = 0; i < 6; i += 1) await push(s, ping, 'ping', { i }, `ping${i}`);
+    const b = connect('b', '/socket');
+    join(b, 'ping');
+    await joinResult(b, 'ping');
+    const replied = push(s, ping, 'broadcast', { body: 'hi' }, 'broadcast', 300);
+    await waitCount(pushCount(s, 'ping', 'broadcast'));
+    await waitCount(pushCount(b, 'ping', 'broadcast'));
+    await replied;
+    await push(b, b.channels[0], 'ping', {}, 'b_ping');
   },
 
   // A server the client must fail to reach (e.g. an untrusted TLS certificate).
