@@ -236,7 +236,9 @@ class Endpoint:
         # a kept-alive connection: it must come first on its own connection.
         from .transports.longpoll import BodyLimitedRequest
 
-        web = Site(self._tree(lambda factory: _UpgradeFirst()), timeout=self.handshake_timeout)
+        web = Site(
+            self._tree(lambda factory: _UpgradeFirst()), timeout=self.handshake_timeout, reactor=self.reactor
+        )
         web.noisy = False
         web.requestFactory = BodyLimitedRequest
         web.max_body_size = self.max_longpoll_body  # type: ignore[attr-defined]
