@@ -266,14 +266,17 @@ class AuthSocketTests(HelloSocketsTestCase):
         self.assertEqual(self.harness.endpoint.pubsub.subscribers("ping"), ())
 
     def test_recurringTokens(self) -> None:
-        """RecurringChannel pushes a fresh token after the join, then every period."""
+        """RecurringChannel pushes its first token one period after the join, then one every period."""
         client = self.auth(7)
         reply = self.successResultOf(client.join("recurring"))
         self.assertEqual(client.messages[0], reply)
+        period = recurring_seconds()
+        self.clock.advance(period - 0.001)
+        client.refute_push("new_token")
+        self.clock.advance(0.001)
         first = client.assert_push("new_token", {"token": ANY})
         self.assertEqual(first.join_ref, reply.join_ref)
         self.assertEqual(verify(SECRET, SALT, first.payload["token"], clock=self.clock).data, 7)
-        period = recurring_seconds()
         self.clock.advance(period - 0.001)
         client.refute_push("new_token")
         self.clock.advance(0.001)
@@ -306,16 +309,28 @@ class TrackedChannelTests(HelloSocketsTestCase):
     """
 
     def tracked(self, user_id: str) -> ClientSocket:
-        client = self.successResultOf(self.harness.connect(UserSocket, {"user_id": user_id}))
+        client = self.successResultOf(self.harness.connect(UserSocket))
         assert client is not None
-        return self.joined(client, "tracked")
+        reply = self.successResultOf(client.join("tracked", {"user_id": user_id}))
+        self.assertEqual(reply.status, "ok")
+        return client
 
-    def test_userIdRequired(self) -> None:
-        """A UserSocket connection without a user_id param cannot join tracked."""
-        for params in ({}, {"user_id": ""}):
-            client = self.successResultOf(self.harness.connect(UserSocket, params))
-            reply = self.successResultOf(client.join("tracked"))
-            self.assertEqual((reply.status, reply.payload), ("error", {"reason": "user_id required"}))
+    def test_anonymous(self) -> None:
+        """On UserSocket, a join payload without a usable user_id tracks the key "anonymous"."""
+        for payload in ({}, {"user_id": ""}, {"user_id": None}, {"user_id": ["x"]}):
+            client = self.user()
+            reply = self.successResultOf(client.join("tracked", payload))
+            self.assertEqual(reply.status, "ok")
+            self.assertEqual(list(client.assert_push("presence_state").payload), ["anonymous"])
+            client.close()
+
+    def test_joinPayloadKey(self) -> None:
+        """On UserSocket the presence key is the join payload's user_id, not a connect param."""
+        client = self.successResultOf(self.harness.connect(UserSocket, {"user_id": "connect-param"}))
+        assert client is not None
+        reply = self.successResultOf(client.join("tracked", {"user_id": "from-join"}))
+        self.assertEqual(reply.status, "ok")
+        self.assertEqual(list(client.assert_push("presence_state").payload), ["from-join"])
 
     def test_presenceState(self) -> None:
         """After the join the client gets presence_state listing itself, online_at from the clock."""
@@ -349,7 +364,7 @@ class TrackedChannelTests(HelloSocketsTestCase):
         token = sign(SECRET, SALT, 7, clock=self.clock)
         client = self.successResultOf(self.harness.connect(AuthSocket, {"token": token}))
         assert client is not None
-        self.joined(client, "tracked")
+        self.successResultOf(client.join("tracked", {"user_id": "someone else"}))
         self.assertEqual(list(client.assert_push("presence_state").payload), ["7"])
 
 

@@ -213,6 +213,20 @@ class WireFormatTests(_Served, TestCase):
         self.assertEqual((yield second.next_frame()), expected)
 
 
+class ExtensionTests(_Served, TestCase):
+    """
+    Browsers and Node's ws offer permessage-deflate; the server accepts the
+    connection without it (Phoenix's default, compress: false).
+    """
+
+    @inlineCallbacks
+    def test_deflateOfferedNotAccepted(self) -> None:
+        """A handshake offering permessage-deflate opens, uncompressed."""
+        client = yield self.connect(headers={"Sec-WebSocket-Extensions": "permessage-deflate; client_max_window_bits"})
+        yield client.join_and_ping("ping", "1")
+        self.assertEqual(client.protocol.websocket_extensions_in_use, [])
+
+
 class BroadcastTests(_Served, TestCase):
     """
     Broadcasts over real connections.

@@ -101,6 +101,13 @@ class Endpoint:
     :cvar join_burst: ``phx_join`` messages a connection may send at once.
         Over the limit, as for events: ``{"reason": "rate limited"}``, then
         1008.
+    :cvar max_longpoll_body: the largest request body (a long-poll ``POST``)
+        in bytes; a larger one is answered ``{"status": 413}`` before it is
+        read (from its ``Content-Length``, or as a chunked body grows past
+        it) and its connection closed.
+    :cvar max_longpoll_sessions: long-poll sessions this node holds at once;
+        past it a new session is refused with HTTP 503 (phoenix.js retries
+        later).  ``None``: as many as ``max_connections``' default.
 
     :param reactor: provides time and networking (a
         :class:`~twisted.internet.testing.MemoryReactorClock` in tests).
@@ -134,6 +141,8 @@ class Endpoint:
     # rejoin backoff (1, 2, 5, then 10 s per channel) stays well inside.
     join_rate: ClassVar[float | None] = 20.0
     join_burst: ClassVar[float] = 200.0
+    max_longpoll_body: ClassVar[int] = 2 * 1024 * 1024
+    max_longpoll_sessions: ClassVar[int | None] = None
 
     def __init__(
         self,
@@ -153,6 +162,7 @@ class Endpoint:
         #: Writes what each connection queued, once per reactor turn.
         self.flusher = Flusher(reactor)
         self._websockets: dict[str, Any] | None = None
+        self._longpolls: dict[str, Any] | None = None
 
     # -- serving --------------------------------------------------------------------
 
@@ -170,10 +180,42 @@ class Endpoint:
             }
         return self._websockets
 
+    def longpoll_resources(self) -> dict[str, Any]:
+        """
+        Mount path → the :class:`~twisted_phoenix.transports.longpoll.LongPoll`
+        resource (and long-poll sessions) of each socket whose ``longpoll``
+        is on (made once).
+        """
+        if self._longpolls is None:
+            from .transports.longpoll import LongPoll
+
+            factories = self.websocket_factories()
+            self._longpolls = {
+                mount: LongPoll(self, socket_class, mount=mount, serializers=factories[mount].serializers)
+                for mount, socket_class in self.sockets.items()
+                if socket_class.longpoll
+            }
+        return self._longpolls
+
+    def longpoll_session_count(self) -> int:
+        """How many long-poll sessions this node holds."""
+        return sum(len(resource.sessions) for resource in self.longpoll_resources().values())
+
+    def longpoll_session_limit(self) -> int:
+        """``max_longpoll_sessions``, or its default."""
+        if self.max_longpoll_sessions is not None:
+            return self.max_longpoll_sessions
+        from .transports.http import default_max_connections
+
+        return default_max_connections()
+
     def resource(self) -> IResource:
         """
         A :mod:`twisted.web` resource tree serving every socket at
-        ``<mount>/websocket``, to mount in an application's own site.
+        ``<mount>/websocket`` and ``<mount>/longpoll``, to mount in an
+        application's own site.  There, ``max_longpoll_body`` is checked
+        once twisted.web has read the body (it keeps a large one in a
+        temporary file); :meth:`site` refuses it before reading.
         :meth:`site` serves this endpoint with the limits on strangers, and
         takes WebSocket upgrades before twisted.web would parse them.
         """
@@ -182,8 +224,12 @@ class Endpoint:
         return self._tree(WebSocketUpgrade)
 
     def _tree(self, websocket: Callable[[Any], Resource]) -> Resource:
-        """The resource tree, with ``websocket(factory)`` at each ``<mount>/websocket``."""
+        """
+        The resource tree, with ``websocket(factory)`` at each
+        ``<mount>/websocket`` and the long-poll resource at ``<mount>/longpoll``.
+        """
         root = _Node()
+        longpolls = self.longpoll_resources()
         for mount, factory in self.websocket_factories().items():
             node = root
             for segment in [s for s in mount.split("/") if s]:
@@ -198,6 +244,8 @@ class Endpoint:
                         node.putChild(segment.encode(), child)
                 node = child
             node.putChild(b"websocket", websocket(factory))
+            if mount in longpolls:
+                node.putChild(b"longpoll", longpolls[mount])
         return root
 
     def site(self) -> Any:
@@ -212,8 +260,14 @@ class Endpoint:
 
         # A WebSocket upgrade reaches twisted.web only as a later request of
         # a kept-alive connection: it must come first on its own connection.
-        web = Site(self._tree(lambda factory: _UpgradeFirst()), timeout=self.handshake_timeout)
+        from .transports.longpoll import BodyLimitedRequest
+
+        web = Site(
+            self._tree(lambda factory: _UpgradeFirst()), timeout=self.handshake_timeout, reactor=self.reactor
+        )
         web.noisy = False
+        web.requestFactory = BodyLimitedRequest
+        web.max_body_size = self.max_longpoll_body  # type: ignore[attr-defined]
         return PhoenixSite(self, web, self.websocket_factories())
 
     # -- lifecycle ----------------------------------------------------------------------

@@ -79,6 +79,17 @@ class Socket:
         ``Sec-WebSocket-Protocol`` header (``connect_info["auth_token"]``).
     :cvar check_origin: ``None`` to use the endpoint's setting, else as
         :attr:`twisted_phoenix.endpoint.Endpoint.check_origin`.
+    :cvar longpoll: serve the long-poll transport at ``<mount>/longpoll``
+        (Phoenix's ``longpoll: true``); ``False`` turns it off.
+    :cvar longpoll_window: seconds a poll is held waiting for messages
+        (Phoenix's ``window_ms``); a session not polled for 1.5 windows ends.
+    :cvar longpoll_pubsub_timeout: seconds a request for a session held by
+        another node of the cluster waits for that node's answer before the
+        session counts as gone (Phoenix's ``pubsub_timeout_ms``).
+    :cvar longpoll_max_batch: messages one long-poll ``POST`` may carry
+        (phoenix.js sends at most 100).
+    :cvar longpoll_token_max_age: seconds a long-poll session token stays
+        valid (Phoenix's ``crypto: [max_age: 1209600]``).
     :ivar assigns: per-connection state; each channel starts with a copy.
     :ivar endpoint: the :class:`~twisted_phoenix.endpoint.Endpoint`.
     """
@@ -89,6 +100,11 @@ class Socket:
     timeout: ClassVar[float] = 60.0
     auth_token: ClassVar[bool] = False
     check_origin: ClassVar[Any] = None
+    longpoll: ClassVar[bool] = True
+    longpoll_window: ClassVar[float] = 10.0
+    longpoll_pubsub_timeout: ClassVar[float] = 2.0
+    longpoll_max_batch: ClassVar[int] = 100
+    longpoll_token_max_age: ClassVar[float] = 1209600
 
     session: Session | None
 
@@ -103,8 +119,11 @@ class Socket:
 
         :param params: the query parameters, ``vsn`` included.
         :param connect_info: ``peer_data``, ``uri``, ``x_headers``,
-            ``user_agent``, ``sec_websocket_headers`` and, with
-            :attr:`auth_token`, ``auth_token``.
+            ``trace_context_headers``, ``user_agent``,
+            ``sec_websocket_headers`` (WebSocket only) and, with
+            :attr:`auth_token`, ``auth_token`` (phoenix.js's ``authToken``:
+            the ``Sec-WebSocket-Protocol`` header of a WebSocket, the
+            ``x-phoenix-authtoken`` header of a long-poll request).
         """
         return True
 

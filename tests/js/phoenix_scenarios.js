@@ -6,25 +6,31 @@
 //   node phoenix_scenarios.js SCENARIO BASE_URL [OPTIONS_JSON]
 //
 // BASE_URL is e.g. ws://127.0.0.1:4000 (the scenario appends /socket etc.).
-// OPTIONS_JSON: {"vsn": "1.0.0" | "2.0.0", ...scenario options}.
+// OPTIONS_JSON: {"vsn": "1.0.0" | "2.0.0", "transport": "websocket" | "longpoll",
+// ...scenario options}.  With "longpoll" the client uses phoenix.js's own
+// LongPoll transport (Node 20's fetch), frames being its messages and posts.
 //
 // Printed events ("sock" names the client socket, "topic" the channel):
 //   {"ev":"open"|"error"|"close", ...}      socket state (close has code, reason)
 //   {"ev":"upgrade","protocol":P}           Sec-WebSocket-Protocol the server chose
-//   {"ev":"frame","dir":"in"|"out","text":T} every WebSocket text frame, verbatim
+//   {"ev":"frame","dir":"in"|"out","text":T} every text frame (WebSocket) or
+//                                           long-poll message/post line, verbatim
 //   {"ev":"join","status":S,"response":R,"join_ref":J}   join replies (each rejoin too)
 //   {"ev":"reply","label":L,"event":E,"status":"ok"|"error"|"timeout","response":R}
 //   {"ev":"push","event":E,"payload":P}     server pushes and broadcasts on a channel
 //   {"ev":"chan_error"|"chan_close","payload":P}
 //   {"ev":"state",...}, then {"ev":"scenario_end"} (the client then disconnects) and
 //   {"ev":"done"}; on failure {"ev":"fail","reason":...} and exit code 1.
+// Every event carries "t": milliseconds since the script started.
 
-const { Socket } = require('phoenix');
+const { Socket, LongPoll } = require('phoenix');
 const WebSocket = require('ws');
 
 const [scenarioName, baseUrl, rawOptions] = process.argv.slice(2);
 const O = JSON.parse(rawOptions || '{}');
 const VSN = O.vsn || '2.0.0';
+const LONGPOLL = O.transport === 'longpoll';
+const T0 = Date.now();
 
 // The V1 JSON-object format, as phoenix.js 1.3-era clients spoke it
 // (phoenix.js 1.8 only ships the V2 array serializer).
@@ -49,6 +55,7 @@ const waiters = [];
 const sockets = [];
 
 function emit(ev) {
+  ev.t = Date.now() - T0;
   events.push(ev);
   process.stdout.write(JSON.stringify(ev) + '\n');
   for (const w of waiters.slice()) {
@@ -126,9 +133,55 @@ function recordingTransport(name) {
   };
 }
 
+// phoenix.js's LongPoll, recording what it receives and posts.
+function recordingLongPoll(name) {
+  return class RecordingLongPoll extends LongPoll {
+    constructor(endPoint, protocols) {
+      super(endPoint, protocols);
+      emit({ ev: 'connecting', sock: name, url: endPoint });
+    }
+
+    set onmessage(handler) {
+      this.messageHandler = handler;
+    }
+
+    get onmessage() {
+      return (event) => {
+        emit({ ev: 'frame', sock: name, dir: 'in', binary: false, text: event.data });
+        return this.messageHandler(event);
+      };
+    }
+
+    send(body) {
+      const binary = typeof body !== 'string';
+      emit({ ev: 'frame', sock: name, dir: 'out', binary, text: binary ? Buffer.from(body).toString('hex') : body });
+      return super.send(body);
+    }
+
+    ajax(method, ...rest) {
+      this.method = method;
+      return super.ajax(method, ...rest);
+    }
+
+    // With O.ports, each poll and each post goes to the next port in turn (a
+    // load balancer without sticky sessions in front of a cluster).
+    endpointURL() {
+      let url = super.endpointURL();
+      if (O.ports) {
+        this.requests = this.requests || {};
+        const n = this.requests[this.method] = (this.requests[this.method] || 0) + 1;
+        url = url.replace(/^(https?:\/\/[^/:]+):\d+/, `$1:${O.ports[n % O.ports.length]}`);
+      }
+      const port = Number(new URL(url).port);
+      emit({ ev: 'request', sock: name, method: this.method, port });
+      return url;
+    }
+  };
+}
+
 function connect(name, path, opts = {}) {
   const socketOpts = {
-    transport: recordingTransport(name),
+    transport: LONGPOLL ? recordingLongPoll(name) : recordingTransport(name),
     vsn: VSN,
     params: opts.params || {},
     timeout: opts.timeout || 5000,
@@ -144,7 +197,10 @@ function connect(name, path, opts = {}) {
   const sock = new Socket(baseUrl + path, socketOpts);
   sock.onOpen(() => emit({ ev: 'open', sock: name }));
   sock.onError((error) => {
-    const message = error && (error.message || (error.error && error.error.message));
+    // A WebSocket error is an event; a LongPoll error is the status (403) or "timeout".
+    const message = typeof error === 'number' || typeof error === 'string'
+      ? `long-poll status ${error}`
+      : error && (error.message || (error.error && error.error.message));
     emit({ ev: 'error', sock: name, message: message || null });
   });
   sock.onClose((event) => {
@@ -283,11 +339,15 @@ const scenarios = {
   },
 
   // Heartbeats every 100 ms are answered and keep the connection open.
+  // phoenix.js sends none over LongPoll (skipHeartbeat): Socket.ping sends them.
   async heartbeat() {
     const s = connect('a', '/socket', { heartbeatIntervalMs: 100 });
     const ping = join(s, 'ping');
     await joinResult(s, 'ping');
+    let pinger = null;
+    if (LONGPOLL) pinger = setInterval(() => s.ping(() => {}), 100);
     await waitUntil(() => heartbeatReplies('a') >= 4, 'four heartbeat replies', 5000);
+    clearInterval(pinger);
     await push(s, ping, 'ping', {}, 'ping_after_heartbeats');
   },
 
@@ -359,6 +419,23 @@ const scenarios = {
       neverOpens('anonymous', '/token_socket', { topic: 'whoami' }),
       neverOpens('forged', '/token_socket', { topic: 'whoami', authToken: O.forged_token }),
     ]);
+  },
+
+  // (two nodes, O.ports) One LongPoll client's requests alternate between the
+  // nodes; a second one too; pings and a broadcast reach both.
+  async cluster() {
+    const s = connect('a', '/socket');
+    const ping = join(s, 'ping');
+    await joinResult(s, 'ping');
+    for (let i = 0; i < 6; i += 1) await push(s, ping, 'ping', { i }, `ping${i}`);
+    const b = connect('b', '/socket');
+    join(b, 'ping');
+    await joinResult(b, 'ping');
+    const replied = push(s, ping, 'broadcast', { body: 'hi' }, 'broadcast', 300);
+    await waitCount(pushCount(s, 'ping', 'broadcast'));
+    await waitCount(pushCount(b, 'ping', 'broadcast'));
+    await replied;
+    await push(b, b.channels[0], 'ping', {}, 'b_ping');
   },
 
   // A server the client must fail to reach (e.g. an untrusted TLS certificate).

@@ -5,7 +5,8 @@
 //
 // SOCKET_URL is the socket's mount, e.g. ws://127.0.0.1:4000/socket (phoenix.js
 // appends /websocket).  The client connects with params {user_id: USER_ID},
-// joins the topic `tracked` (OPTIONS.topic), wires `new Presence(channel)` and
+// joins the topic `tracked` (OPTIONS.topic) with the payload {user_id: USER_ID}
+// (the demo's presence key), wires `new Presence(channel)` and
 // prints one JSON object per line:
 //
 //   {"ev":"open"|"close"|"error", ...}         socket state (it reconnects by itself)
@@ -93,7 +94,7 @@ function listing() {
 }
 
 function join() {
-  channel = socket.channel(TOPIC, {});
+  channel = socket.channel(TOPIC, { user_id: userId });
   presence = new Presence(channel);
   presence.onJoin((key, current, joined) => emit({ ev: 'join', key, current: refs(current), joined: refs(joined) }));
   presence.onLeave((key, current, left) => emit({ ev: 'leave', key, current: refs(current), left: refs(left) }));

@@ -94,10 +94,13 @@ class AuthChannel(Channel):
 
 
 class RecurringChannel(Channel):
-    """Pushes a fresh token for this user every ``RECURRING_MS`` (5 s)."""
+    """
+    Pushes a fresh token for this user every ``RECURRING_MS`` (5 s), the
+    first one period after the join (the book's ``Process.send_after``).
+    """
 
     def join(self, topic: str, payload: Any) -> Any:
-        self.send("send_token")
+        self.send_after(recurring_seconds(), "send_token")
         return ok()
 
     def handle_info(self, message: Any) -> None:
@@ -116,11 +119,18 @@ class TrackedChannel(Channel):
     ``tracked``: tracks this connection's user with ``{"online_at": <unix
     seconds>}`` and pushes ``presence_state`` after the join; phoenix.js's
     ``Presence`` then follows the ``presence_diff`` broadcasts.
+
+    The presence key is the socket's user (``/auth_socket``: the token's
+    user id) or, on ``/socket``, the join payload's ``"user_id"``, else
+    ``"anonymous"``.
     """
 
     def join(self, topic: str, payload: Any) -> Any:
         if self.assigns.get("user_id") is None:
-            return error({"reason": "user_id required"})
+            user_id = payload.get("user_id") if isinstance(payload, dict) else None
+            if isinstance(user_id, bool) or not isinstance(user_id, (str, int)) or user_id == "":
+                user_id = "anonymous"
+            self.assigns["user_id"] = user_id
         self.send("after_join")
         return ok()
 
@@ -128,7 +138,7 @@ class TrackedChannel(Channel):
         if message == "after_join":
             presence = self.endpoint.presence
             online_at = int(self.endpoint.reactor.seconds())
-            presence.track(self, self.assigns["user_id"], {"online_at": online_at})
+            presence.track(self, str(self.assigns["user_id"]), {"online_at": online_at})
             self.push("presence_state", presence.list(self.topic))
             return None
         return super().handle_info(message)
@@ -150,10 +160,6 @@ class UserSocket(Socket):
     }
 
     def connect(self, params: dict[str, Any], connect_info: dict[str, Any]) -> bool:
-        # The presence key of the "tracked" topic, when given.
-        user_id = params.get("user_id")
-        if isinstance(user_id, str) and user_id:
-            self.assigns["user_id"] = user_id
         return True
 
 

@@ -19,23 +19,31 @@ import base64
 import binascii
 import struct
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import urlsplit
 
 import txaio
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
-from twisted.internet.defer import maybeDeferred
 from twisted.internet.interfaces import ISSLTransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .._log import RateLimitedLog, limited_log, truncate
+from .._handshake import (
+    Connected,
+    HandshakeRequest,
+    Refusal,
+    check_origin,
+    connect,
+    connect_info,
+    parse_params,
+    path_params,
+)
 from .._output import StreamOutput
 from .._session import Session
-from ..origin import origin_allowed
-from ..serializers import DecodeError, Frame, VersionError, select_serializer
-from ..socket import ConnectRefused, Socket
+from ..serializers import DecodeError, Frame
+from ..socket import Socket
 
 if TYPE_CHECKING:
     from ..endpoint import Endpoint
@@ -79,42 +87,6 @@ def ws_frame(data: bytes, binary: bool) -> bytes:
     return struct.pack("!BBQ", first, 127, size) + data
 
 
-def parse_params(query: str) -> dict[str, Any]:
-    """
-    Parse a query string into Phoenix's params: ``a[b]=c`` nests,
-    ``a[]=x`` builds a list, a repeated plain key keeps its last value.
-    """
-    params: dict[str, Any] = {}
-    for key, value in parse_qsl(query, keep_blank_values=True):
-        head, sep, rest = key.partition("[")
-        if not sep or not rest.endswith("]") or not head:
-            params[key] = value
-            continue
-        path = [head] + rest[:-1].split("][")
-        target: Any = params
-        for name, child in zip(path, path[1:]):
-            nxt = target.get(name) if isinstance(target, dict) else None
-            if child == "":
-                if not isinstance(nxt, list):
-                    nxt = target[name] = []
-            elif not isinstance(nxt, dict):
-                nxt = target[name] = {}
-            target = nxt
-        last = path[-1]
-        if isinstance(target, list):
-            target.append(value)
-        elif isinstance(target, dict):
-            target[last] = value
-    return params
-
-
-def path_params(mount: str, path: str) -> dict[str, str]:
-    """The values of ``mount``'s ``:name`` segments in the request ``path``."""
-    names = [s for s in mount.split("/") if s]
-    values = [unquote(s) for s in path.split("/") if s]
-    return {n[1:]: v for n, v in zip(names, values) if n.startswith(":") and len(n) > 1}
-
-
 class PhoenixServerProtocol(WebSocketServerProtocol):
     """
     One client connection: Phoenix's handshake checks, then frames to and
@@ -148,20 +120,23 @@ class PhoenixServerProtocol(WebSocketServerProtocol):
         factory = self.factory
         socket_class = factory.socket_class
         endpoint = factory.endpoint
-        setting = socket_class.check_origin
-        if setting is None:
-            setting = endpoint.check_origin
-        origin = request.headers.get("origin")
-        if not origin_allowed(origin, setting, endpoint.host):
-            self.log.error(
-                "Could not check origin for Phoenix.Socket transport. Origin of the request: "
-                "{origin}. This happens when you are attempting a socket connection to a "
-                "different host than the one configured in your endpoint (check_origin).",
-                origin=origin,
-            )
-            raise ConnectionDeny(403, "Forbidden")
+        headers = request.headers
+        try:
+            check_origin(endpoint, socket_class, headers.get("origin"))
+        except Refusal as e:
+            raise ConnectionDeny(e.status, e.reason) from None
 
-        connect_info = self._connect_info(request)
+        uri = urlsplit(self.http_request_uri)
+        peer = self.transport.getPeer()
+        handshake = HandshakeRequest(
+            path=uri.path,
+            query=uri.query,
+            headers=headers,
+            peer=(getattr(peer, "host", None), getattr(peer, "port", None)),
+            secure=ISSLTransport.providedBy(self.transport),
+        )
+        info = connect_info(handshake)
+        info["sec_websocket_headers"] = {k: v for k, v in headers.items() if k.startswith("sec-websocket-")}
         subprotocol = None
         if socket_class.auth_token:
             offered = [p for p in request.protocols if p.startswith(AUTH_TOKEN_PREFIX)]
@@ -169,84 +144,30 @@ class PhoenixServerProtocol(WebSocketServerProtocol):
                 encoded = offered[0][len(AUTH_TOKEN_PREFIX):]
                 try:
                     token = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
-                    connect_info["auth_token"] = token.decode("utf-8")
+                    info["auth_token"] = token.decode("utf-8")
                 except (binascii.Error, UnicodeDecodeError):
-                    self.log.warn("Refused an undecodable auth token")
+                    self._limited().warn("Refused an undecodable auth token")
                     raise ConnectionDeny(403, "Forbidden") from None
             if "phoenix" in request.protocols:
                 subprotocol = "phoenix"
 
-        params = parse_params(connect_info["uri"]["query"])
+        params = parse_params(uri.query)
         # Path params (``/socket/:room``) win over query params, as in Phoenix.
-        params.update(path_params(factory.mount, connect_info["uri"]["path"]))
-        try:
-            self._serializer = select_serializer(params.get("vsn"), factory.serializers)
-        except VersionError as e:
-            self.log.warn("{error}", error=str(e))
-            raise ConnectionDeny(403, "Forbidden") from None
+        params.update(path_params(factory.mount, uri.path))
+        d = connect(
+            endpoint, socket_class, params=params, info=info, serializers=factory.serializers, transport="websocket"
+        )
 
-        socket = socket_class(endpoint)
-        d = maybeDeferred(socket.connect, params, connect_info)
-
-        def connected(accepted: Any) -> Any:
-            if accepted is not True:
-                if accepted is not False:
-                    self.log.error(
-                        "{socket}.connect returned {value!r}; expected True or False",
-                        socket=socket_class.__name__, value=accepted,
-                    )
-                else:
-                    self.log.info(
-                        "REFUSED CONNECTION TO {socket} Transport: websocket Parameters: {params}",
-                        socket=socket_class.__name__, params=_filter(params),
-                    )
-                raise ConnectionDeny(403, "Forbidden")
-            socket_id = socket.id()
-            if socket_id is not None and not isinstance(socket_id, str):
-                self.log.warn("{socket}.id() must return a str or None", socket=socket_class.__name__)
-                raise ConnectionDeny(403, "Forbidden")
-            self._socket = socket
-            self.log.info(
-                "CONNECTED TO {socket} Transport: websocket Serializer: {serializer} Parameters: {params}",
-                socket=socket_class.__name__, serializer=type(self._serializer).__name__,
-                params=_filter(params),
-            )
+        def connected(result: Connected) -> Any:
+            self._socket = result.socket
+            self._serializer = result.serializer
             return subprotocol
 
         def refused(failure: Failure) -> Any:
-            if failure.check(ConnectionDeny):
-                return failure
-            if failure.check(ConnectRefused):
-                raise ConnectionDeny(failure.value.status, failure.value.reason)
-            self.log.failure("{socket}.connect failed", failure, socket=socket_class.__name__)
-            raise ConnectionDeny(403, "Forbidden")
+            failure.trap(Refusal)
+            raise ConnectionDeny(failure.value.status, failure.value.reason)
 
-        return d.addCallback(connected).addErrback(refused)
-
-    def _connect_info(self, request: Any) -> dict[str, Any]:
-        headers = request.headers
-        peer = self.transport.getPeer()
-        secure = ISSLTransport.providedBy(self.transport)
-        uri = urlsplit(self.http_request_uri)
-        host, _, port = headers.get("host", "").rpartition(":")
-        if not host or not port.isdigit():
-            host, port = headers.get("host", ""), ("443" if secure else "80")
-        return {
-            "peer_data": {"address": getattr(peer, "host", None), "port": getattr(peer, "port", None)},
-            "uri": {
-                "scheme": "https" if secure else "http",
-                "host": host,
-                "port": int(port),
-                "path": uri.path,
-                "query": uri.query,
-            },
-            "x_headers": [(k, v) for k, v in headers.items() if k.startswith("x-")],
-            "sec_websocket_headers": {k: v for k, v in headers.items() if k.startswith("sec-websocket-")},
-            "trace_context_headers": [
-                (k, headers[k]) for k in ("traceparent", "tracestate") if k in headers
-            ],
-            "user_agent": headers.get("user-agent"),
-        }
+        return d.addCallbacks(connected, refused)
 
     def onOpen(self) -> None:
         assert self._socket is not None
@@ -437,17 +358,6 @@ class PhoenixServerProtocol(WebSocketServerProtocol):
                 self.session.connection_lost()
 
 
-_SENSITIVE = ("password", "secret", "token")
-
-
-def _filter(params: dict[str, Any]) -> dict[str, Any]:
-    """Hide parameters whose name looks sensitive, as Phoenix's logger does."""
-    return {
-        k: ("[FILTERED]" if any(s in k.lower() for s in _SENSITIVE) else (_filter(v) if isinstance(v, dict) else v))
-        for k, v in params.items()
-    }
-
-
 class PhoenixServerFactory(WebSocketServerFactory):
     """
     Serves one :class:`~twisted_phoenix.socket.Socket` class.
@@ -488,10 +398,16 @@ class PhoenixServerFactory(WebSocketServerFactory):
         # (and pretty-prints them for a debug line: half the CPU of a
         # handshake).  This factory's connections read them from a class of
         # their own instead (see PhoenixServerProtocol._connectionMade).
+        # (Functions among them, such as perMessageCompressionAccept, must
+        # stay plain functions, not become methods of the class.)
         self.protocol = type(
             PhoenixServerProtocol.__name__,
             (PhoenixServerProtocol,),
-            {name: getattr(self, name) for name in PhoenixServerProtocol.CONFIG_ATTRS},
+            {
+                name: staticmethod(value) if callable(value) else value
+                for name in PhoenixServerProtocol.CONFIG_ATTRS
+                for value in (getattr(self, name),)
+            },
         )
 
 
