@@ -133,7 +133,7 @@ class PhoenixServerProtocol(WebSocketServerProtocol):
         if setting is None:
             setting = endpoint.check_origin
         origin = request.headers.get("origin")
-        if not origin_allowed(origin, setting, endpoint.host):
+        if not origin_allowed(origin, setting, endpoint.host, dev=endpoint.env == "dev"):
             self.log.error(
                 "Could not check origin for Phoenix.Socket transport. Origin of the request: "
                 "{origin}. This happens when you are attempting a socket connection to a "
@@ -384,6 +384,10 @@ class PhoenixServerFactory(WebSocketServerFactory):
             # A request that is no WebSocket upgrade gets a 4xx, not
             # Autobahn's status page (whose ?redirect= is an open redirect).
             webStatus=False,
+            # "Origin: null" (a page opened from disk, a sandboxed frame) is
+            # for check_origin to judge, as in Phoenix: refused (403) by True
+            # and by lists, accepted by False (Autobahn would answer 400).
+            allowNullOrigin=True,
             maxFramePayloadSize=max_frame_size,
             maxMessagePayloadSize=max_frame_size,
             openHandshakeTimeout=endpoint.handshake_timeout,
