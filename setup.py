@@ -21,6 +21,12 @@ setup(
     # other plugin.  tests/test_packaging.py checks a real install.
     packages=find_packages(include=["twisted_phoenix", "twisted_phoenix.*"]) + ["twisted.plugins"],
     package_dir={"twisted.plugins": "twistd_plugins"},
+    # Files served next to the sockets: the phoenix.js client (npm phoenix
+    # 1.8.16, with its licence) and the chat example's page.
+    package_data={
+        "twisted_phoenix": ["phoenix_js/*"],
+        "twisted_phoenix.examples.chat": ["static/*"],
+    },
     install_requires=[
         "twisted[tls]>=23.10",
         "autobahn>=23.1",

@@ -193,6 +193,24 @@ class InstallTests(SynchronousTestCase):
         self.assertFalse((site / "twisted" / "plugins" / "__init__.py").exists())
         self.assertFalse((site / "twisted" / "__init__.py").exists())
 
+    def test_static_files_installed(self) -> None:
+        """The wheel carries phoenix.js (with its licence) and the chat example's page, where the code finds them."""
+        out = self.env.check(
+            self.env.python, "-c",
+            "import os, twisted_phoenix.static as s, twisted_phoenix.examples.chat as c\n"
+            "print(s.PHOENIX_JS_DIR); print(c.Endpoint(None).static_directories()['/'])",
+        )
+        phoenix_dir, chat_dir = (Path(line) for line in out.split())
+        site_packages = self.env.site_packages().resolve()
+        for directory in (phoenix_dir, chat_dir):
+            self.assertTrue(directory.resolve().is_relative_to(site_packages), directory)
+        for name in ("phoenix.js", "phoenix.min.js", "phoenix.mjs", "phoenix.mjs.map", "LICENSE.md"):
+            installed = phoenix_dir / name
+            self.assertEqual(installed.read_bytes(), (ROOT / "twisted_phoenix" / "phoenix_js" / name).read_bytes(), name)
+        for name in ("index.html", "chat.js", "chat.css"):
+            self.assertEqual((chat_dir / name).read_bytes(),
+                             (ROOT / "twisted_phoenix" / "examples" / "chat" / "static" / name).read_bytes(), name)
+
     def test_twistd_lists_phoenix(self) -> None:
         """``twistd --help`` lists ``phoenix`` beside Twisted's own plugins."""
         result = self.env.twistd("--help")

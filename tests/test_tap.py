@@ -31,6 +31,7 @@ from twisted_phoenix._textlog import TextLogObserver
 from twisted_phoenix.cli import main as cli_main
 from twisted_phoenix.config import DEV_SECRET_KEY_BASE
 from twisted_phoenix.examples.hello_sockets import HelloSocketsEndpoint
+from twisted_phoenix.static import PHOENIX_JS_DIR
 from twisted_phoenix.tap import (
     ENDPOINT_LIMITS,
     MIN_BACKLOG,
@@ -220,6 +221,87 @@ class OptionsTests(SynchronousTestCase):
         self.assertIn("ws://localhost:4000/socket/websocket", text)
 
 
+class StaticAndHostTests(SynchronousTestCase):
+    """
+    ``--static``, ``--host`` and ``--env`` reach the endpoint.
+    """
+
+    def setUp(self) -> None:
+        isolate_environment(self)
+        self.directory = tempfile.mkdtemp(prefix="twisted_phoenix-tap-static-")
+        self.addCleanup(shutil.rmtree, self.directory, ignore_errors=True)
+
+    def endpoint(self, *argv: str) -> Endpoint:
+        return listeners(makeService(parse(*argv)))[0].factory.endpoint
+
+    def test_static(self) -> None:
+        """``--static DIR`` serves DIR at / (made absolute at parse time), phoenix.js beside it."""
+        relative = os.path.relpath(self.directory)
+        options = parse("--static", relative)
+        self.assertEqual(options["static"], self.directory)
+        endpoint = self.endpoint("--static", relative)
+        self.assertEqual(endpoint.static, {"/": self.directory})
+        self.assertEqual(endpoint.static_directories(), {"/": self.directory, "/phoenix": PHOENIX_JS_DIR})
+        self.assertEqual(HelloSocketsEndpoint.static, {})
+
+    def test_staticAddsToEndpoints(self) -> None:
+        """``--static`` replaces the endpoint class's / and keeps its other prefixes."""
+
+        class WithAssets(Endpoint):
+            static = {"/": ".", "/assets": "."}
+
+        with mock.patch("twisted_phoenix.tap.load_endpoint_class", return_value=WithAssets):
+            endpoint = self.endpoint("--static", self.directory)
+        self.assertEqual(endpoint.static, {"/": self.directory, "/assets": "."})
+
+    def test_noStatic(self) -> None:
+        """Without ``--static`` the endpoint's own static files (none for the demo) are served."""
+        self.assertIsNone(parse()["static"])
+        self.assertEqual(self.endpoint().static_directories(), {})
+
+    def test_badStatic(self) -> None:
+        """``--static`` of something that is not a directory is a usage error."""
+        for path in (os.path.join(self.directory, "missing"), __file__):
+            error = self.assertRaises(usage.UsageError, parse, "--static", path)
+            self.assertIn("--static takes a directory", str(error))
+
+    def test_endpointStaticChecked(self) -> None:
+        """An endpoint class whose static directory does not exist is a usage error."""
+
+        class Broken(Endpoint):
+            static = {"/": "no such directory"}
+
+        with mock.patch("twisted_phoenix.tap.load_endpoint_class", return_value=Broken):
+            error = self.assertRaises(usage.UsageError, parse)
+        self.assertIn("is not a directory", str(error))
+
+    def test_host(self) -> None:
+        """``--host`` sets the endpoint's host: lower-cased, IPv6 without brackets."""
+        self.assertEqual(self.endpoint().host, "localhost")
+        self.assertEqual(self.endpoint("--host", "Chat.Example.COM").host, "chat.example.com")
+        self.assertEqual(self.endpoint("--host", "127.0.0.1").host, "127.0.0.1")
+        self.assertEqual(self.endpoint("--host", "[::1]").host, "::1")
+
+    def test_badHost(self) -> None:
+        """A scheme, port, path or nothing is not a host."""
+        for value in ("", "http://example.com", "example.com:4000", "example.com/", "a b", "user@host"):
+            error = self.assertRaises(usage.UsageError, parse, "--host", value)
+            self.assertIn("--host takes a host name", str(error))
+
+    def test_env(self) -> None:
+        """``--env`` (default dev) is the endpoint's env."""
+        self.assertEqual(self.endpoint().env, "dev")
+        self.assertEqual(self.endpoint("--env", "test").env, "test")
+        self.assertEqual(self.endpoint("--env", "prod", "--secret-key-base", SECRET).env, "prod")
+
+    def test_help(self) -> None:
+        """``--help`` documents --static and --host right after --listen."""
+        text = str(Options())
+        names = re.findall(r"^  (?:-\w, |    )--([\w-]+)", text, re.MULTILINE)
+        self.assertEqual(names[:6], ["port", "endpoint", "listen", "static", "host", "env"])
+        self.assertIn("phoenix.js at /phoenix/phoenix.js", " ".join(text.split()))
+
+
 class PluginTests(SynchronousTestCase):
     """
     ``twistd_plugins/phoenix.py``, which setup.py installs into ``twisted/plugins``.
@@ -332,7 +414,7 @@ class LimitOptionsTests(SynchronousTestCase):
         text = Options().getUsage()
         self.assertIn("(1013). [default: 1048576]", " ".join(text.split()))
         names = re.findall(r"^  (?:-\w, |    )--([\w-]+)", text, re.MULTILINE)
-        self.assertEqual(names[:5], ["port", "endpoint", "listen", "env", "secret-key-base"])
+        self.assertEqual(names[:7], ["port", "endpoint", "listen", "static", "host", "env", "secret-key-base"])
         self.assertEqual(sorted(names), sorted(set(names)))
         self.assertEqual(names[-2:], ["version", "help"])
 

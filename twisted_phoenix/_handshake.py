@@ -173,7 +173,7 @@ def check_origin(endpoint: Endpoint, socket_class: type[Socket], origin: str | N
     setting = socket_class.check_origin
     if setting is None:
         setting = endpoint.check_origin
-    if not origin_allowed(origin, setting, endpoint.host):
+    if not origin_allowed(origin, setting, endpoint.host, dev=endpoint.env == "dev"):
         _limited(endpoint).error(
             "Could not check origin for Phoenix.Socket transport. Origin of the request: "
             "{origin}. This happens when you are attempting a socket connection to a "

@@ -12,7 +12,13 @@ Example::
     site = Site(endpoint.resource())
 
 A socket mounted at ``/socket`` serves WebSocket clients at
-``/socket/websocket``, which is where phoenix.js connects.
+``/socket/websocket``, which is where phoenix.js connects.  ``static``
+serves a page next to it (and phoenix.js at ``/phoenix/phoenix.js``; see
+:mod:`twisted_phoenix.static`)::
+
+    class Endpoint(twisted_phoenix.Endpoint):
+        sockets = {"/socket": UserSocket}
+        static = {"/": "static"}  # the directory static/ next to this module
 """
 
 from __future__ import annotations
@@ -29,6 +35,14 @@ from .origin import OriginSetting
 from .presence import Presence
 from .pubsub import CallbackSubscriber, PubSub
 from .socket import Socket
+from .static import (
+    DEFAULT_CACHE_CONTROL,
+    PHOENIX_JS_DIR,
+    PHOENIX_JS_PREFIX,
+    StaticFiles,
+    defining_module_directory,
+    resolve_mounts,
+)
 
 __all__ = ["Endpoint"]
 
@@ -38,14 +52,29 @@ DEFAULT_MAX_FRAME_SIZE = 1024 * 1024
 
 
 class _Node(Resource):
-    """A level of the mount tree; ``var_child`` matches any segment (``:name``)."""
+    """
+    A level of the mount tree; ``var_child`` matches any segment (``:name``).
+    A path the tree does not serve goes to the static files, if any
+    (``static``; ``depth``: this level's segments below the tree's root).
+    """
 
     var_child: Resource | None = None
+    static: StaticFiles | None = None
+    depth = 0
 
     def getChild(self, path: bytes, request: Any) -> Any:
         if self.var_child is not None and path:
             return self.var_child
+        if self.static is not None:
+            # request.prepath ends with this level's segments, then ``path``.
+            return self.static.resource(request.prepath[len(request.prepath) - self.depth - 1:], request)
         return super().getChild(path, request)
+
+    def render(self, request: Any) -> Any:
+        if self.static is not None:
+            segments = request.prepath[len(request.prepath) - self.depth:] if self.depth else []
+            return self.static.resource(segments, request).render(request)
+        return super().render(request)
 
 
 class _UpgradeFirst(Resource):
@@ -69,9 +98,21 @@ class Endpoint:
         subclass for :attr:`presence` (override ``fetch`` there).
     :cvar presence_options: tracker options, e.g. ``{"broadcast_period": 1.5,
         "down_period": 30, "permdown_period": 1200}``.
+    :cvar static: URL prefix → directory of static files (``{"/":
+        "static"}``); a relative directory is relative to the module of the
+        class that sets ``static``.  With any, phoenix.js is served at
+        ``/phoenix/`` too, unless ``static`` has a ``"/phoenix"`` entry of
+        its own.  The sockets' paths win.  See :mod:`twisted_phoenix.static`.
+    :cvar static_cache_control: the ``Cache-Control`` of static files.
     :cvar check_origin: see :func:`twisted_phoenix.origin.origin_allowed`;
-        the default ``True`` accepts pages served from :attr:`host`.
-    :cvar host: the public host name, for ``check_origin = True``.
+        the default ``True`` accepts pages served from :attr:`host` (and,
+        in the ``dev`` environment, from ``localhost``, ``127.0.0.1`` and
+        ``[::1]`` on any port).
+    :cvar host: the public host name, for ``check_origin = True``
+        (``twistd phoenix --host``).
+    :cvar env: ``"dev"``, ``"test"`` or ``"prod"``: ``twistd phoenix --env``
+        sets it (default ``dev`` there); an endpoint made by your own code is
+        ``prod`` unless you say otherwise.
     :cvar max_frame_size: the largest frame or message a client may send;
         larger ones close the connection with 1009.
     :cvar max_lag: bytes that may wait for a client that does not read
@@ -120,8 +161,11 @@ class Endpoint:
     sockets: ClassVar[Mapping[str, type[Socket]]] = {}
     presence_class: ClassVar[type[Presence]] = Presence
     presence_options: ClassVar[Mapping[str, Any]] = {}
+    static: ClassVar[Mapping[str, str]] = {}
+    static_cache_control: ClassVar[str] = DEFAULT_CACHE_CONTROL
     check_origin: ClassVar[OriginSetting] = True
     host: ClassVar[str] = "localhost"
+    env: ClassVar[str] = "prod"
     max_frame_size: ClassVar[int] = DEFAULT_MAX_FRAME_SIZE
     max_lag: ClassVar[int] = 1024 * 1024
     handshake_timeout: ClassVar[float] = 10.0
@@ -212,10 +256,11 @@ class Endpoint:
     def resource(self) -> IResource:
         """
         A :mod:`twisted.web` resource tree serving every socket at
-        ``<mount>/websocket`` and ``<mount>/longpoll``, to mount in an
-        application's own site.  There, ``max_longpoll_body`` is checked
-        once twisted.web has read the body (it keeps a large one in a
-        temporary file); :meth:`site` refuses it before reading.
+        ``<mount>/websocket`` and ``<mount>/longpoll`` (and the :attr:`static`
+        files, if any), to mount in an application's own site.  There,
+        ``max_longpoll_body`` is checked once twisted.web has read the body
+        (it keeps a large one in a temporary file); :meth:`site` refuses it
+        before reading.
         :meth:`site` serves this endpoint with the limits on strangers, and
         takes WebSocket upgrades before twisted.web would parse them.
         """
@@ -246,7 +291,37 @@ class Endpoint:
             node.putChild(b"websocket", websocket(factory))
             if mount in longpolls:
                 node.putChild(b"longpoll", longpolls[mount])
+        self._add_static(root)
         return root
+
+    def static_directories(self) -> dict[str, str]:
+        """
+        URL prefix → absolute directory of every static mount, phoenix.js's
+        included (empty when :attr:`static` is).
+
+        :raises ValueError: for a prefix without its leading ``/`` or a
+            directory that does not exist.
+        """
+        # Set on the instance: relative to the endpoint class's own module.
+        base = defining_module_directory(type(self), None if "static" in vars(self) else "static")
+        mounts = resolve_mounts(self.static, base)
+        if mounts and PHOENIX_JS_PREFIX not in mounts:
+            mounts[PHOENIX_JS_PREFIX] = PHOENIX_JS_DIR
+        return mounts
+
+    def _add_static(self, root: Resource) -> None:
+        """Let every level of the mount tree fall back to the static files."""
+        mounts = self.static_directories()
+        if not mounts:
+            return
+        files = StaticFiles(mounts, self.static_cache_control)
+        levels = [(root, 0)]
+        while levels:
+            node, depth = levels.pop()
+            if isinstance(node, _Node):
+                node.static, node.depth = files, depth
+                below = list(node.children.values()) + ([node.var_child] if node.var_child is not None else [])
+                levels.extend((child, depth + 1) for child in below)
 
     def site(self) -> Any:
         """

@@ -9,6 +9,7 @@ The ``twistd phoenix`` plugin: options and service.
 from __future__ import annotations
 
 import importlib
+import ipaddress
 import os
 import re
 import resource
@@ -27,6 +28,7 @@ from .cluster.portmapper import mapper_port
 from .config import ConfigError, resolve_cookie, resolve_env, resolve_secret
 from .endpoint import Endpoint
 from .pubsub import PubSub
+from .static import defining_module_directory, resolve_mounts
 
 DEFAULT_ENDPOINT = "twisted_phoenix.examples.hello_sockets:Endpoint"
 
@@ -129,6 +131,32 @@ PRESENCE_OPTIONS: list[tuple[str, str, Callable[[str], Any], str]] = [
 ]
 
 
+def parse_host(text: str) -> str:
+    """
+    A ``--host`` value: a host name or IP address, lower-cased, without
+    scheme, port or brackets (``[::1]`` → ``::1``).
+    """
+    host = text.strip().lower()
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    problem = not bare or any(c in bare for c in "/@?# \t")
+    if not problem and ":" in bare:
+        try:
+            ipaddress.IPv6Address(bare)
+        except ValueError:
+            problem = True
+    if problem:
+        raise usage.UsageError(f"--host takes a host name such as example.com, without scheme or port, not {text!r}")
+    return bare
+
+
+def _static_directory(path: str) -> str:
+    """A ``--static`` value: an existing directory, made absolute (twistd may change directory later)."""
+    directory = os.path.abspath(path)
+    if not os.path.isdir(directory):
+        raise usage.UsageError(f"--static takes a directory; {path!r} is not one")
+    return directory
+
+
 def load_endpoint_class(spec: str) -> type[Endpoint]:
     """
     Import ``package.module:Name`` and check that it is an Endpoint class.
@@ -154,7 +182,7 @@ def load_endpoint_class(spec: str) -> type[Endpoint]:
 
 #: The order ``twistd phoenix --help`` lists its options in.
 _OPTION_ORDER = [
-    "port", "endpoint", "listen", "env", "secret-key-base", "name", "connect", "cookie",
+    "port", "endpoint", "listen", "static", "host", "env", "secret-key-base", "name", "connect", "cookie",
     "dist-interface", "dist-port", "dist-cert", "dist-key", "dist-ca", "epmd-port",
     "heartbeat-interval", "heartbeat-timeout", "no-http", "backlog",
     *[option for option, _, _, _ in ENDPOINT_LIMITS],
@@ -180,6 +208,12 @@ class Options(usage.Options):
     optParameters = [
         ["port", "p", None, "TCP port to serve on (default: $PORT, else 4000); ignored with --listen."],
         ["endpoint", "e", DEFAULT_ENDPOINT, "The app: package.module:EndpointClass."],
+        ["static", None, None,
+         "Serve the files of this directory at / (index.html for a directory; the sockets' paths win), "
+         "and phoenix.js at /phoenix/phoenix.js."],
+        ["host", None, None,
+         "The host name pages are served from, for check_origin=True (default: the endpoint's host, "
+         "localhost). In dev, pages from localhost, 127.0.0.1 and [::1] on any port are accepted too."],
         ["env", None, None, "dev, test or prod (default: $PHOENIX_ENV, else dev). prod requires a secret."],
         ["secret-key-base", None, None, "Secret for signing tokens (default: $SECRET_KEY_BASE)."],
         ["name", None, "nonode@nohost", "This node's name, e.g. server@127.0.0.1."],
@@ -297,6 +331,15 @@ class Options(usage.Options):
         except ValueError:
             raise usage.UsageError("--log-max-bytes and --log-max-files take positive numbers") from None
         self["endpoint_class"] = load_endpoint_class(self["endpoint"])
+        cls = self["endpoint_class"]
+        try:
+            resolve_mounts(cls.static, defining_module_directory(cls, "static"))
+        except ValueError as e:
+            raise usage.UsageError(f"{self['endpoint']}: {e}") from None
+        if self["static"] is not None:
+            self["static"] = _static_directory(self["static"])
+        if self["host"] is not None:
+            self["host"] = parse_host(self["host"])
         if self["presence"]:
             self["endpoint_class"] = _with_presence_options(self["endpoint_class"], self["presence"])
         try:
@@ -489,6 +532,11 @@ def makeService(options: Options) -> service.IService:
     )
     for attribute, value in options["limits"].items():
         setattr(endpoint, attribute, value)
+    endpoint.env = options["env"]
+    if options["host"] is not None:
+        endpoint.host = options["host"]
+    if options["static"] is not None:
+        endpoint.static = {**endpoint.static, "/": options["static"]}
     top = _Top()
     # twistd's own observer writes the same lines, much slower.
     log_path = _twistd_log_path(options)

@@ -386,13 +386,14 @@ class PhoenixServerFactory(WebSocketServerFactory):
             # A request that is no WebSocket upgrade gets a 4xx, not
             # Autobahn's status page (whose ?redirect= is an open redirect).
             webStatus=False,
+            # "Origin: null" (a page opened from disk, a sandboxed frame) is
+            # for check_origin to judge, as in Phoenix: refused (403) by True
+            # and by lists, accepted by False (Autobahn would answer 400).
+            allowNullOrigin=True,
             maxFramePayloadSize=max_frame_size,
             maxMessagePayloadSize=max_frame_size,
             openHandshakeTimeout=endpoint.handshake_timeout,
             closeHandshakeTimeout=endpoint.close_timeout,
-            # Origins are Phoenix's check_origin's to judge (onConnect):
-            # Autobahn's own check would answer 400 to "Origin: null".
-            allowNullOrigin=True,
         )
         # Autobahn copies its ~40 protocol options onto every new connection
         # (and pretty-prints them for a debug line: half the CPU of a
