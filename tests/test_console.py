@@ -164,11 +164,24 @@ class ConsoleProcessTests(TestCase):
     def test_wrong_cookie(self) -> None:
         """A console with another cookie cannot connect, and the node logs the refusal."""
         app = yield self.node()
-        run = yield self.console("--name", "c@127.0.0.1", "--cookie", "wrong", "--connect", app.name,
-                                 "-c", "Node.list()")
+        # Its own port mapper: the cluster's would not let it in at all (test_other_cluster).
+        address = f"127.0.0.1:{app._listening.getHost().port}"
+        run = yield self.console("--name", "c@127.0.0.1", "--cookie", "wrong", "--epmd-port", str(free_port()),
+                                 "--connect", f"{app.name}={address}", "-c", "Node.list()")
         self.assertOutput(run, ["[]"])
         self.assertIn(b"could not connect to app@127.0.0.1", run.stderr)
         self.assertTrue(self.logs.find("Refused node c@127.0.0.1 from", LogLevel.error))
+        self.assertEqual(app.list(), [])
+
+    @defer.inlineCallbacks
+    def test_other_cluster(self) -> None:
+        """A console with another cookie on the cluster's port mapper port exits 1, naming the fix."""
+        app = yield self.node()
+        run = yield self.console("--name", "c@127.0.0.1", "--cookie", "wrong", "--connect", app.name,
+                                 "-c", "Node.list()")
+        self.assertOutput(run, [], exit_code=1)
+        self.assertIn(b"does not prove this cluster's cookie", run.stderr)
+        self.assertIn(b"--epmd-port or PHOENIX_EPMD_PORT", run.stderr)
         self.assertEqual(app.list(), [])
 
     @defer.inlineCallbacks
