@@ -3,14 +3,15 @@
 The Perspective Broker connections of cluster links, and how little a peer
 that has not proved the cookie can make a node do.
 
-Until its peer is authenticated (the accepting side: until the login
-succeeds; the connecting side: until the accepting node's hello proof
-checks out) a :class:`LinkBroker` decodes Banana under tight limits
-(:data:`PRE_AUTH_BYTES` bytes in all, :data:`PRE_AUTH_ITEMS` items,
-lists nested :data:`PRE_AUTH_DEPTH` deep), so that no unauthenticated input
-makes the process hold more than a fraction of a megabyte for it.  Past
-them, the connection is dropped.  Authenticated peers get Banana's own
-limits (640 KiB strings), as before.
+Until its peer is authenticated a :class:`LinkBroker` decodes Banana under
+tight limits, so that no unauthenticated input makes the process hold more
+than a fraction of a megabyte for it: on the link port, until the peer has
+logged in, :data:`PRE_AUTH_BYTES` bytes in all, :data:`PRE_AUTH_ITEMS`
+items, lists nested :data:`PRE_AUTH_DEPTH` deep; on a link we open, until
+the accepting node's hello proof checks out, :data:`PEER_HELLO_BYTES` and
+:data:`PEER_HELLO_ITEMS` (its hello answer names its peers).  Past them, the
+connection is dropped.  Authenticated peers get Banana's own limits (640 KiB
+strings), as before.
 
 The accepting side (:class:`LinkServerFactory`) also gives each connection
 ``login_timeout`` seconds to log in, and takes at most ``max_pending``
@@ -33,6 +34,8 @@ __all__ = [
     "LOGIN_TIMEOUT",
     "LOG_INTERVAL",
     "MAX_PENDING",
+    "PEER_HELLO_BYTES",
+    "PEER_HELLO_ITEMS",
     "PRE_AUTH_BYTES",
     "PRE_AUTH_DEPTH",
     "PRE_AUTH_ITEMS",
@@ -51,15 +54,23 @@ LOGIN_TIMEOUT = 10.0
 #: Connections to the link port that have not logged in yet, at once.
 MAX_PENDING = 100
 
-#: Bytes an unauthenticated peer may send in all (a login takes about 400,
-#: a hello answer naming 100 peers about 6,000).
-PRE_AUTH_BYTES = 64 * 1024
+#: Bytes a peer connecting to the link port may send before it has logged
+#: in (a login takes about 110).
+PRE_AUTH_BYTES = 16 * 1024
 
-#: Banana items (each list, string and number) an unauthenticated peer may send in all.
-PRE_AUTH_ITEMS = 4096
+#: Banana items (each list, string and number) it may send before (a login: about 40).
+PRE_AUTH_ITEMS = 1024
 
-#: How deep an unauthenticated peer may nest Banana lists (a login needs 5, a hello answer 8).
+#: How deep any peer may nest Banana lists before it is authenticated (a
+#: login nests 7 deep, a hello answer 7).
 PRE_AUTH_DEPTH = 16
+
+#: Bytes a node we connect to may send before its hello proof checks out:
+#: its hello answer names every node it is linked to (about 130 bytes each).
+PEER_HELLO_BYTES = 1024 * 1024
+
+#: Banana items a node we connect to may send before its proof (about 10 for each node it names).
+PEER_HELLO_ITEMS = 64 * 1024
 
 #: Seconds between two log lines about refused connections of one kind.
 LOG_INTERVAL = 10.0

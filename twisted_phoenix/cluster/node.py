@@ -48,6 +48,8 @@ from .auth import login_secret, new_nonce, same
 from .broker import (
     LOGIN_TIMEOUT,
     MAX_PENDING,
+    PEER_HELLO_BYTES,
+    PEER_HELLO_ITEMS,
     PRE_AUTH_BYTES,
     PRE_AUTH_DEPTH,
     PRE_AUTH_ITEMS,
@@ -120,14 +122,21 @@ class Node(service.Service):
     :param heartbeat_timeout: seconds of silence after which a peer is dropped.
     :param connect: node names (or ``name=host:port``) to connect to at start.
 
-    :cvar pre_auth_bytes: bytes a peer may send before it is authenticated.
+    :cvar pre_auth_bytes: bytes a peer connecting to the link port may send
+        before it has logged in.
     :cvar pre_auth_items: Banana items it may send before.
-    :cvar pre_auth_depth: how deep it may nest Banana lists before.
+    :cvar pre_auth_depth: how deep any peer may nest Banana lists before it
+        is authenticated.
+    :cvar peer_hello_bytes: bytes a node we connect to may send before its
+        hello proof checks out.
+    :cvar peer_hello_items: Banana items it may send before.
     """
 
     pre_auth_bytes = PRE_AUTH_BYTES
     pre_auth_items = PRE_AUTH_ITEMS
     pre_auth_depth = PRE_AUTH_DEPTH
+    peer_hello_bytes = PEER_HELLO_BYTES
+    peer_hello_items = PEER_HELLO_ITEMS
 
     def __init__(
         self,
@@ -235,9 +244,12 @@ class Node(service.Service):
             return "plaintext"
         return "TLS, self-signed certificate" if self.tls.self_signed else "TLS, certificates from the cluster CA"
 
-    def _limits(self) -> dict[str, int]:
+    def _limits(self, accepting: bool = True) -> dict[str, int]:
         """What a broker allows a peer before it is authenticated."""
-        return {"max_bytes": self.pre_auth_bytes, "max_items": self.pre_auth_items,
+        if accepting:
+            return {"max_bytes": self.pre_auth_bytes, "max_items": self.pre_auth_items,
+                    "max_depth": self.pre_auth_depth}
+        return {"max_bytes": self.peer_hello_bytes, "max_items": self.peer_hello_items,
                 "max_depth": self.pre_auth_depth}
 
     def _initial_connected(self, ok: bool, target: str) -> None:
@@ -330,7 +342,7 @@ class Node(service.Service):
             return False
         if self._stopping:
             return False
-        factory = LinkClientFactory(track=self._connections.add, limits=self._limits())
+        factory = LinkClientFactory(track=self._connections.add, limits=self._limits(accepting=False))
         if self.tls is not None:
             endpoint: Any = SSL4ClientEndpoint(
                 self.reactor, host, port, self.tls.client_options(wanted.host), timeout=5

@@ -268,21 +268,18 @@ class _MapperClientProtocol(LineOnlyReceiver):
     MAX_LENGTH = 256 * 1024
 
     def __init__(self) -> None:
-        self.answers: list[defer.Deferred[str]] = []
+        #: What each line we are waiting for answers: ("hello" or "request", Deferred).
+        self.answers: list[tuple[str, defer.Deferred[str]]] = []
         self.lost: defer.Deferred[None] = defer.Deferred()
         self._key = b""
         self._requests = 0
         self._answers = 0
 
-    def _expect(self) -> defer.Deferred[str]:
-        d: defer.Deferred[str] = defer.Deferred()
-        self.answers.append(d)
-        return d
-
     def handshake(self, cookie: str) -> defer.Deferred[None]:
         """Prove the cookie both ways; fails with :class:`_Untrusted` if the mapper cannot."""
         client_nonce = new_nonce()
-        d = self._expect()
+        d: defer.Deferred[str] = defer.Deferred()
+        self.answers.append(("hello", d))
         self.sendLine(f"HELLO {client_nonce}".encode())
 
         def answered(line: str) -> None:
@@ -298,35 +295,45 @@ class _MapperClientProtocol(LineOnlyReceiver):
         return d.addCallback(answered)
 
     def request(self, line: str) -> defer.Deferred[str]:
-        """Send one request (after :meth:`handshake`); fires with its answer, MAC checked."""
-        d = self._expect()
+        """
+        Send one request (after :meth:`handshake`); fires with its answer,
+        MAC checked.  Requests may overlap: answers come in order.
+        """
+        d: defer.Deferred[str] = defer.Deferred()
+        self.answers.append(("request", d))
         self.sendLine(f"{line} {line_mac(self._key, 'request', self._requests, line)}".encode())
         self._requests += 1
-
-        def answered(answer: str) -> str:
-            if answer == "DENIED":
-                raise _Untrusted("the mapper refused our proof of the cookie")
-            text, _, mac = answer.rpartition(" ")
-            if not same(mac, line_mac(self._key, "answer", self._answers, text)):
-                raise _Untrusted("an answer with a wrong MAC")
-            self._answers += 1
-            return text
-
-        return d.addCallback(answered)
+        return d
 
     def lineReceived(self, line: bytes) -> None:
-        if self.answers:
-            self.answers.pop(0).callback(line.decode("utf-8", "replace"))
-        else:
+        if not self.answers:
             self.transport.abortConnection()  # nobody asked
+            return
+        kind, d = self.answers.pop(0)
+        text = line.decode("utf-8", "replace")
+        if kind == "request":
+            # Checked here, not in d's callbacks: d may have timed out, and
+            # the count of answers must stay right for the next ones.
+            answer, _, mac = text.rpartition(" ")
+            if text == "DENIED" or not same(mac, line_mac(self._key, "answer", self._answers, answer)):
+                why = "the mapper refused our proof of the cookie" if text == "DENIED" else "an answer with a wrong MAC"
+                if not d.called:
+                    d.errback(_Untrusted(why))
+                self.transport.abortConnection()
+                return
+            self._answers += 1
+            text = answer
+        if not d.called:
+            d.callback(text)
 
     def lineLengthExceeded(self, line: bytes) -> None:
         self.transport.abortConnection()
 
     def connectionLost(self, reason: Any = None) -> None:
-        for d in self.answers:
-            d.errback(error.ConnectionLost("port mapper went away"))
-        self.answers = []
+        answers, self.answers = self.answers, []
+        for _, d in answers:
+            if not d.called:
+                d.errback(error.ConnectionLost("port mapper went away"))
         self.lost.callback(None)
 
 
@@ -515,7 +522,22 @@ class MapperClient:
 
     @defer.inlineCallbacks
     def _query(self, request: str) -> Any:
-        """``request`` on a new connection: its answer, or ``None`` when no mapper answers."""
+        """
+        ``request`` on our registration's connection (proven already), else
+        on a new one: its answer, or ``None`` when no mapper answers.
+        """
+        registered = self._connection
+        if registered is not None:
+            try:
+                answer = yield registered.request(request).addTimeout(self.timeout, self.reactor)
+            except (error.ConnectionLost, error.ConnectionDone):
+                return None  # the mapper went away meanwhile: as good as not found
+            except defer.TimeoutError:
+                registered.transport.abortConnection()  # not answering: find the next mapper
+                return None
+            except _Untrusted as e:
+                raise self._untrusted(e) from None
+            return answer
         try:
             connection = yield self._connect()
         except error.ConnectError:
