@@ -128,8 +128,8 @@ class FaultProxy:
         self.connections: set[_Inbound] = set()
         self._listening: Any = None
         self._idle: list[defer.Deferred[None]] = []
-        self._last_due = 0.0
-        self._delayed: set[Any] = set()
+        self._queues: dict[Any, list[tuple[float, bytes]]] = {}
+        self._timers: dict[Any, Any] = {}
 
     @property
     def port(self) -> int:
@@ -222,28 +222,46 @@ class FaultProxy:
             return
         self.relayed[direction] += len(data)
         transport = destination.transport
-        if self.mode == "delay":
-            due = max(self.reactor.seconds() + self.delay_seconds, self._last_due)
-            self._last_due = due
-            call = self.reactor.callLater(due - self.reactor.seconds(), self._deliver, transport, data)
-            self._delayed.add(call)
+        now = self.reactor.seconds()
+        queue = self._queues.get(transport)
+        if self.mode == "delay" or queue:
+            # Delayed, or after a delay while delayed chunks are still on
+            # their way: in order, never ahead of those.
+            due = now + (self.delay_seconds if self.mode == "delay" else 0.0)
+            if queue is None:
+                queue = self._queues[transport] = []
+            if queue:
+                due = max(due, queue[-1][0])
+            queue.append((due, data))
+            if transport not in self._timers:
+                self._timers[transport] = self.reactor.callLater(queue[0][0] - now, self._drain, transport)
             return
         transport.write(data)
 
-    def _deliver(self, transport: Any, data: bytes) -> None:
-        self._delayed = {c for c in self._delayed if c.active()}
-        if not getattr(transport, "disconnecting", False) and not getattr(transport, "disconnected", False):
-            transport.write(data)
+    def _drain(self, transport: Any) -> None:
+        """Deliver the delayed chunks for ``transport`` that are due, in order; wait for the next."""
+        del self._timers[transport]
+        queue = self._queues.get(transport, [])
+        now = self.reactor.seconds()
+        while queue and queue[0][0] <= now:
+            _, data = queue.pop(0)
+            if not getattr(transport, "disconnecting", False) and not getattr(transport, "disconnected", False):
+                transport.write(data)
+        if queue:
+            self._timers[transport] = self.reactor.callLater(queue[0][0] - now, self._drain, transport)
+        else:
+            self._queues.pop(transport, None)
 
     # -- ending -----------------------------------------------------------------------
 
     def stop(self) -> defer.Deferred[Any]:
         """Stop listening and close every connection; fires when all are gone."""
         waits = []
-        for call in self._delayed:
+        for call in self._timers.values():
             if call.active():
                 call.cancel()
-        self._delayed.clear()
+        self._timers.clear()
+        self._queues.clear()
         if self._listening is not None:
             waits.append(defer.maybeDeferred(self._listening.stopListening))
             self._listening = None
