@@ -795,6 +795,11 @@ class TapClusterOptionsTests(SynchronousTestCase):
             ("--name", "a@127.0.0.1", "--dist-port", "70000", *base),
             ("--name", "a@127.0.0.1", "--epmd-port", "0", *base),
             ("--name", "a@127.0.0.1", "--dist-cert", "cert.pem", *base),
+            ("--name", "a@127.0.0.1", "--dist-login-timeout", "0", *base),
+            ("--name", "a@127.0.0.1", "--dist-login-timeout", "soon", *base),
+            ("--name", "a@127.0.0.1", "--dist-max-pending", "0", *base),
+            ("--name", "a@127.0.0.1", "--dist-plaintext", "--dist-cert", "c", "--dist-key", "k",
+             "--dist-ca", "ca", *base),
             ("--connect", "b@127.0.0.1"),
             ("--no-http",),
         ]:
@@ -816,3 +821,19 @@ class TapClusterOptionsTests(SynchronousTestCase):
         self.assertIs(node.pubsub.adapter, node)
         self.assertEqual(node.pubsub.node_name, "a@127.0.0.1")
         self.assertFalse([s for s in top if type(s).__name__ == "ListeningService"])
+        # The defaults: TLS links (a certificate made at start), 10 s to log in, 100 waiting.
+        self.assertEqual((node.tls, node.plaintext), (None, False))
+        self.assertEqual((node.login_timeout, node.max_pending), (10.0, 100))
+        self.assertEqual((node.mapper.login_timeout, node.mapper.max_pending), (10.0, 100))
+
+    def test_link_security_options(self) -> None:
+        """--dist-plaintext, --dist-login-timeout and --dist-max-pending reach the Node and its port mapper."""
+        from twisted_phoenix.tap import NodeService, makeService
+
+        options = self.parse("--name", "a@127.0.0.1", "--cookie", "k", "--no-http", "--dist-plaintext",
+                             "--dist-login-timeout", "2.5", "--dist-max-pending", "7")
+        self.assertEqual((options["dist-plaintext"], options["dist-login-timeout"], options["dist-max-pending"]),
+                         (True, 2.5, 7))
+        node = [s for s in makeService(options) if isinstance(s, NodeService)][0].node
+        self.assertEqual((node.plaintext, node.login_timeout, node.max_pending), (True, 2.5, 7))
+        self.assertEqual((node.mapper.login_timeout, node.mapper.max_pending), (2.5, 7))

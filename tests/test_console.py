@@ -235,6 +235,28 @@ class ConsoleProcessTests(TestCase):
         run = yield self.console("--name", "d@127.0.0.1", "--connect", app.name, "-c", "Node.list()")
         self.assertOutput(run, ["[]"])
 
+    @defer.inlineCallbacks
+    def test_encrypted_by_default(self) -> None:
+        """Without certificates the console links over TLS (its own certificate), and broadcasts."""
+        app = yield self.node()
+        got = Collector(reactor, app.pubsub, "room")
+        run = yield self.console("--name", "c@127.0.0.1", "--connect", app.name,
+                                 "-c", "Endpoint.broadcast('room', 'msg', {'n': 1}); Node.links['app@127.0.0.1']"
+                                       ".remote.broker.transport.getHandle().get_protocol_version_name()")
+        self.assertOutput(run, ["'TLSv1.3'"])
+        self.assertEqual([b.payload for b in (yield got.wait_for(1, 10))], [{"n": 1}])
+
+    @defer.inlineCallbacks
+    def test_plaintext(self) -> None:
+        """With --dist-plaintext the console links to a plaintext node; without it, it cannot."""
+        app = yield self.node(plaintext=True)
+        run = yield self.console("--name", "c@127.0.0.1", "--dist-plaintext", "--connect", app.name,
+                                 "-c", "Node.list()")
+        self.assertOutput(run, ["['app@127.0.0.1']"])
+        run = yield self.console("--name", "d@127.0.0.1", "--connect", app.name, "-c", "Node.list()")
+        self.assertOutput(run, ["[]"])
+        self.assertIn(b"is it a plaintext node (--dist-plaintext)?", run.stderr)
+
 
 class InteractiveConsoleTests(TestCase):
     """The console on a terminal: Twisted's manhole, with the reactor running."""
