@@ -189,10 +189,10 @@ class MapperProtocolTests(SynchronousTestCase):
     def test_bad_request(self) -> None:
         """A request the mapper does not know, from a client with the cookie, closes the connection, with a warning."""
         for line in ("HELLO", "REGISTER name notaport", "REGISTER name 0", "REGISTER name", "LOOKUP", "LOOKUP a b",
-                     "REGISTER bad/name 9001"):
+                     "REGISTER bad/name 9001", "REGISTER name \u00b2"):
             s = self.session()
             self.failureResultOf(s.run(s.client.request(line)), error.ConnectionLost)
-        self.assertEqual(len(self.logs.find("Port mapper: bad request", LogLevel.warn)), 7)
+        self.assertEqual(len(self.logs.find("Port mapper: bad request", LogLevel.warn)), 8)
         self.assertEqual(self.mapper.ports, {})
 
     def test_line_too_long(self) -> None:

@@ -61,6 +61,7 @@ log = Logger()
 
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,255}")
 _NONCE = re.compile(r"[0-9A-Za-z]{16,64}")
+_PORT = re.compile(r"[0-9]{1,5}")
 
 
 def mapper_port(environ: Any = os.environ) -> int:
@@ -159,7 +160,7 @@ class _MapperServerProtocol(LineOnlyReceiver):
     def _answer(self, request: str) -> str | None:
         words = request.split(" ")
         mapper = self.mapper
-        if len(words) == 3 and words[0] == "REGISTER" and _NAME.fullmatch(words[1]) and words[2].isdigit() \
+        if len(words) == 3 and words[0] == "REGISTER" and _NAME.fullmatch(words[1]) and _PORT.fullmatch(words[2]) \
                 and 0 < int(words[2]) < 65536:
             return mapper._register(words[1], int(words[2]), self)
         if len(words) == 2 and words[0] == "LOOKUP" and _NAME.fullmatch(words[1]):
@@ -170,6 +171,7 @@ class _MapperServerProtocol(LineOnlyReceiver):
         return None
 
     def _bad(self, line: bytes) -> None:
+        self.state = "closed"
         self.mapper.throttle.emit(
             LogLevel.warn, "bad", "Port mapper: bad request {line!r} from {address}: closing",
             line=line[:80], address=self.address,
@@ -560,7 +562,7 @@ class MapperClient:
         :raises MapperError: when what serves the mapper port does not prove the cookie.
         """
         answer = yield self._query(f"LOOKUP {name}")
-        if answer is not None and answer.startswith("PORT ") and answer[5:].isdigit():
+        if answer is not None and answer.startswith("PORT ") and _PORT.fullmatch(answer[5:]):
             return int(answer[5:])
         return None
 
@@ -571,7 +573,7 @@ class MapperClient:
         found: dict[str, int] = {}
         for word in (answer or "").split(" ")[1:]:
             name, _, port = word.partition("=")
-            if port.isdigit():
+            if _PORT.fullmatch(port):
                 found[name] = int(port)
         return found
 
