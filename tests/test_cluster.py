@@ -554,7 +554,7 @@ class SecurityTests(ClusterTestCase):
 
     @defer.inlineCallbacks
     def test_tls_other_ca(self) -> None:
-        """A node whose certificate another CA signed is refused, both ways; so is a plaintext node."""
+        """A node whose certificate another CA signed is refused, both ways; so are a self-signed and a plaintext node."""
         directory = self.mktemp_dir()
         pki = ClusterPKI(directory)
         rogue_pki = ClusterPKI(directory, name="Rogue CA")
@@ -568,12 +568,16 @@ class SecurityTests(ClusterTestCase):
         cert, key = rogue_pki.issue("sly")
         sly = yield self.node("sly", tls=ClusterTLS.from_files(cert, key, pki.ca_path))
         self.assertIs((yield sly.connect(a.name)), False)
-        plain = yield self.node("plain")
+        # A node with its own self-signed certificate, and a plaintext node.
+        self.patch(node_module, "CONNECT_TIMEOUT", 1.0)
+        own = yield self.node("own")
+        self.assertIs((yield own.connect(a.name)), False)
+        plain = yield self.node("plain", plaintext=True)
         self.assertIs((yield plain.connect(a.name)), False)
-        self.assertEqual(len(self.logs.find("Cannot connect to node", LogLevel.warn)), 4)
+        self.assertEqual(len(self.logs.find("Cannot connect to node", LogLevel.warn)), 5)
         # Poll (bounded): a sees the failed handshakes' connections go.
         yield wait_until(reactor, lambda: not a._connections.brokers, TIMEOUT, what="no connection left on a")
-        self.assertEqual((a.list(), rogue.list(), sly.list(), plain.list()), ([], [], [], []))
+        self.assertEqual((a.list(), rogue.list(), sly.list(), own.list(), plain.list()), ([], [], [], [], []))
 
     def mktemp_dir(self) -> str:
         directory = tempfile.mkdtemp(prefix="cluster-pki-")
