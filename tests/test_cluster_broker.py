@@ -335,3 +335,25 @@ class ThrottledTests(SynchronousTestCase):
         clock.advance(5)
         self.assertTrue(throttle.emit(LogLevel.warn, "a", "line a {n}", n=3))
         self.assertEqual(logs.find("line a"), ["line a 1", "line a 3 (1 more like it in the last 5 s not logged)"])
+
+
+class ClientFactoryTests(SynchronousTestCase):
+    """Our side of a link we open: limits until the peer's proof, and a word when they are hit."""
+
+    def test_limits_and_log(self) -> None:
+        """A node we connect to that sends too much before its proof is dropped, with a warning."""
+        from twisted_phoenix.cluster.broker import LinkClientFactory
+
+        logs = watch(self)
+        factory = LinkClientFactory(limits={"max_bytes": 100, "max_items": 10, "max_depth": 4})
+        broker = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 9100))
+        self.assertEqual((broker.max_bytes, broker.max_items, broker.max_depth), (100, 10, 4))
+        transport = StringTransport()
+        broker.makeConnection(transport)
+        broker.dataReceived(b"x" * 101)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(
+            logs.find("Dropped the connection to 127.0.0.1:9100", LogLevel.warn),
+            ["Dropped the connection to 127.0.0.1:9100 before its proof of the cookie: "
+             "more than 100 bytes before login"],
+        )

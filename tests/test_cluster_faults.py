@@ -99,11 +99,13 @@ class KillTests(FaultTestCase):
         count = 3000
         self.stream(o, "s", count, rate=600)
         yield self.wait_received(stream, 600)
+        registration = o.mapper._connection
+        self.assertIsNotNone(registration)
         killed = reactor.seconds()
         v.child.transport.signalProcess("KILL")
         detected = yield self.timed_log("Node v@127.0.0.1 is down (link from o@127.0.0.1 lost)", killed)
-        # The port mapper's server is gone too: o or s serves it, o registers again.
-        yield wait_until(reactor, lambda: o.mapper._connection is not None or o.mapper.serving is not None,
+        # The port mapper's server is gone too: o or s serves it, o registers again (a new connection).
+        yield wait_until(reactor, lambda: o.mapper._connection not in (None, registration),
                          TIMEOUT, what="o registered with a port mapper again")
         mapper_back = reactor.seconds() - killed
         yield self.wait_done(stream)

@@ -319,6 +319,7 @@ class LinkClientFactory(pb.PBClientFactory):
         for name, value in self._limits.items():
             setattr(broker, name, value)
         broker.peer_address = _address(addr)
+        broker.on_refused = _refused_by_us
         if self._track is not None:
             self._track(broker)
 
@@ -331,6 +332,11 @@ class LinkClientFactory(pb.PBClientFactory):
 
         broker.notifyOnDisconnect(lost)
         return broker
+
+
+def _refused_by_us(broker: LinkBroker, reason: str) -> None:
+    log.warn("Dropped the connection to {address} before its proof of the cookie: {reason}",
+             address=broker.peer_address, reason=reason)
 
 
 def _address(addr: Any) -> str:
