@@ -130,7 +130,7 @@ class ProxyTests(FaultTestCase):
         before = max(self.seqs(stream))
         started = reactor.seconds()
         fault()
-        detected = yield self.timed_log(f"Node s@127.0.0.1 is down (link from o@127.0.0.1 lost)", started)
+        detected = yield self.timed_log("Node s@127.0.0.1 is down (link from o@127.0.0.1 lost)", started)
         yield deferLater(reactor, 1.0, lambda: None)  # the outage lasts a second more
         restored = reactor.seconds()
         proxy.restore()
@@ -196,7 +196,7 @@ class RestartTests(FaultTestCase):
     @defer.inlineCallbacks
     def test_restart_under_load(self) -> None:
         """kill -9 and restart of a node during a stream: it rejoins and gets the stream; the others lose nothing."""
-        yield self.start("v", *HEARTBEAT, http=False)
+        v = yield self.start("v", *HEARTBEAT, http=False)
         yield self.start("s", "--connect", node("v"), "--endpoint", STREAM, *HEARTBEAT, http=False)
         o, stream = yield self.observer(int(self.env["PHOENIX_EPMD_PORT"]))
         self.assertTrue((yield o.connect(node("s"))))
@@ -206,7 +206,6 @@ class RestartTests(FaultTestCase):
         self.stream(o, "s", count, rate=500)
         yield self.wait_received(stream, 500)
         killed = reactor.seconds()
-        v = [s for s in self._servers() if s.child.name == "v"][0]
         v.child.transport.signalProcess("KILL")
         detected = yield self.timed_log("Node v@127.0.0.1 is down (link from o@127.0.0.1 lost)", killed)
         restarting = reactor.seconds()
@@ -225,15 +224,3 @@ class RestartTests(FaultTestCase):
         timing(f"kill -9 and restart of v under a 500/s stream: o saw v down after {detected * 1000:.0f} ms; "
                f"v started in {started:.2f} s and was linked to o {healed:.2f} s after the restart began; "
                f"v had {answer['received']} stream messages by then; o lost none of s's {count}")
-
-    def _servers(self) -> list[Any]:
-        return self._started
-
-    def start(self, name: str, *args: str, http: bool = True, **env: str) -> defer.Deferred[Any]:
-        d = super().start(name, *args, http=http, **env)
-
-        def keep(server: Any) -> Any:
-            self.__dict__.setdefault("_started", []).append(server)
-            return server
-
-        return d.addCallback(keep)
