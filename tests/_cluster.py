@@ -30,6 +30,7 @@ __all__ = [
     "Collector",
     "LogWatcher",
     "RelayEndpoint",
+    "StreamEndpoint",
     "ClusterPKI",
     "free_port",
     "start_node",
@@ -346,3 +347,55 @@ class RelayEndpoint(HelloSocketsEndpoint):
     def _relay(self, broadcast: Broadcast) -> None:
         payload = broadcast.payload
         self.broadcast(payload["topic"], payload["event"], payload["payload"])
+
+
+class StreamEndpoint(HelloSocketsEndpoint):
+    """
+    The demo app, plus a broadcast stream for the fault tests: a broadcast
+    on ``stream-control`` (event ``start``, payload ``{"count", "rate",
+    "batch"}``) makes this node broadcast ``count`` messages on ``stream``
+    (event ``msg``, payload ``{"seq", "from"}``), ``batch`` at a time,
+    ``rate`` a second, then one with event ``done``.  It counts the
+    ``stream`` messages it receives, and answers a ``stream-control``
+    ``query`` (payload ``{"reply_to"}``) with a ``stream-count`` broadcast
+    (``{"node", "received"}``) sent to that node only.
+    """
+
+    def __init__(self, reactor: Any, **kwargs: Any) -> None:
+        super().__init__(reactor, **kwargs)
+        self.received = 0
+        self._loop: Any = None
+        self.subscribe("stream-control", self._control)
+        self.subscribe("stream", self._counted)
+
+    def _counted(self, broadcast: Broadcast) -> None:
+        if broadcast.event == "msg":
+            self.received += 1
+
+    def _control(self, broadcast: Broadcast) -> None:
+        from twisted.internet.task import LoopingCall
+
+        payload = broadcast.payload
+        if broadcast.event == "query":
+            self.pubsub.direct_broadcast(
+                payload["reply_to"], "stream-count", "count", {"node": self.node_name, "received": self.received}
+            )
+            return
+        if broadcast.event != "start" or self._loop is not None:
+            return
+        count, batch = int(payload["count"]), int(payload.get("batch", 1))
+        sent = [0]
+
+        def tick() -> None:
+            for _ in range(batch):
+                if sent[0] >= count:
+                    self._loop.stop()
+                    self._loop = None
+                    self.broadcast("stream", "done", {"sent": count, "from": self.node_name})
+                    return
+                self.broadcast("stream", "msg", {"seq": sent[0], "from": self.node_name})
+                sent[0] += 1
+
+        self._loop = LoopingCall(tick)
+        self._loop.clock = self.reactor
+        self._loop.start(batch / float(payload["rate"]))

@@ -10,8 +10,8 @@ from __future__ import annotations
 import tempfile
 from typing import Any
 
-from twisted.internet import defer, reactor
-from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet import defer, reactor, ssl
+from twisted.internet.endpoints import SSL4ClientEndpoint, TCP4ClientEndpoint
 from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
@@ -22,7 +22,9 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from twisted_phoenix.cluster import node as node_module
+from twisted_phoenix.cluster.auth import login_secret
 from twisted_phoenix.cluster.link import CookieChecker, Link, proof
+from twisted_phoenix.cluster.tls import channel_binding
 from twisted_phoenix.cluster.node import Node
 from twisted_phoenix.pubsub import CallbackSubscriber, PubSub
 
@@ -84,6 +86,10 @@ class ClusterTestCase(TestCase):
 
     def connection_of(self, link: Link) -> Any:
         return link.remote.broker.transport
+
+    def address_of(self, node: Node) -> str:
+        """Where ``node`` listens for links, as ``127.0.0.1:PORT``."""
+        return f"127.0.0.1:{node._listening.getHost().port}"
 
 
 class NodeTests(ClusterTestCase):
@@ -396,12 +402,13 @@ class SecurityTests(ClusterTestCase):
     def test_wrong_cookie(self) -> None:
         """A node with another cookie is refused: connect is False and both sides log an error."""
         a = yield self.node("a")
-        b = yield self.node("b", cookie="another cookie")
-        self.assertIs((yield a.connect(b.name)), False)
+        # Another cluster: its own port mapper (two cookies cannot share one).
+        b = yield self.node("b", cookie="another cookie", mapper_port=free_port())
+        self.assertIs((yield a.connect(f"{b.name}={self.address_of(b)}")), False)
         self.assertTrue(self.logs.find("Refused node a@127.0.0.1 from", LogLevel.error))
         self.assertTrue(self.logs.find("wrong cookie", LogLevel.error))
         self.assertTrue(self.logs.find("Cannot connect to node b@127.0.0.1", LogLevel.error))
-        self.assertIs((yield b.connect(a.name)), False)
+        self.assertIs((yield b.connect(f"{a.name}={self.address_of(a)}")), False)
         self.assertTrue(self.logs.find("Refused node b@127.0.0.1 from", LogLevel.error))
         self.assertEqual((a.list(), b.list()), ([], []))
 
@@ -415,8 +422,8 @@ class SecurityTests(ClusterTestCase):
 
         a = yield self.node("a")
         self.patch(node_module, "CookieChecker", AnyCookie)
-        impostor = yield self.node("b", cookie="not the cookie")
-        self.assertIs((yield a.connect(impostor.name)), False)
+        impostor = yield self.node("b", cookie="not the cookie", mapper_port=free_port())
+        self.assertIs((yield a.connect(f"{impostor.name}={self.address_of(impostor)}")), False)
         self.assertTrue(self.logs.find("it is not b@127.0.0.1 or does not know the cookie", LogLevel.error))
         self.assertEqual(a.list(), [])
         # Poll (bounded): the impostor sees the link go a moment later.
@@ -436,7 +443,12 @@ class SecurityTests(ClusterTestCase):
         factory = pb.PBClientFactory()
         factory.noisy = False
         port = node._listening.getHost().port
-        broker = yield TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(factory)
+        if node.tls is not None:
+            options = ssl.CertificateOptions(raiseMinimumTo=ssl.TLSVersion.TLSv1_3)
+            endpoint: Any = SSL4ClientEndpoint(reactor, "127.0.0.1", port, options)
+        else:
+            endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+        broker = yield endpoint.connect(factory)
         lost: defer.Deferred[None] = defer.Deferred()
         broker.notifyOnDisconnect(lambda: lost.called or lost.callback(None))
 
@@ -446,8 +458,12 @@ class SecurityTests(ClusterTestCase):
             return lost.addTimeout(TIMEOUT, reactor)
 
         self.addCleanup(disconnect)
-        perspective = yield factory.login(UsernamePassword(name.encode(), cookie.encode()), client=Mind())
+        yield factory.getRootObject()
+        binding = channel_binding(broker.transport)
+        secret = login_secret(cookie, binding, name)
+        perspective = yield factory.login(UsernamePassword(name.encode(), secret), client=Mind())
         perspective.lost = lost
+        perspective.binding = binding
         return perspective
 
     @defer.inlineCallbacks
@@ -507,7 +523,7 @@ class SecurityTests(ClusterTestCase):
         raw = yield self.raw_login(a, host("raw"))
         answer = yield raw.callRemote("hello", {"name": host("raw"), "nonce": "n"})
         self.assertEqual(answer["name"], a.name)
-        self.assertEqual(answer["proof"], proof(COOKIE, "n", a.name))
+        self.assertEqual(answer["proof"], proof(COOKIE, "n", a.name, raw.binding))
         self.assertEqual(a.list(), [host("raw")])
         yield self.assertRefused(raw, "hello", {"name": host("raw"), "nonce": "again"})
         got = Collector(reactor, a.pubsub, "room")
@@ -538,7 +554,7 @@ class SecurityTests(ClusterTestCase):
 
     @defer.inlineCallbacks
     def test_tls_other_ca(self) -> None:
-        """A node whose certificate another CA signed is refused, both ways; so is a plaintext node."""
+        """A node whose certificate another CA signed is refused, both ways; so are a self-signed and a plaintext node."""
         directory = self.mktemp_dir()
         pki = ClusterPKI(directory)
         rogue_pki = ClusterPKI(directory, name="Rogue CA")
@@ -552,12 +568,16 @@ class SecurityTests(ClusterTestCase):
         cert, key = rogue_pki.issue("sly")
         sly = yield self.node("sly", tls=ClusterTLS.from_files(cert, key, pki.ca_path))
         self.assertIs((yield sly.connect(a.name)), False)
-        plain = yield self.node("plain")
+        # A node with its own self-signed certificate, and a plaintext node.
+        self.patch(node_module, "CONNECT_TIMEOUT", 1.0)
+        own = yield self.node("own")
+        self.assertIs((yield own.connect(a.name)), False)
+        plain = yield self.node("plain", plaintext=True)
         self.assertIs((yield plain.connect(a.name)), False)
-        self.assertEqual(len(self.logs.find("Cannot connect to node", LogLevel.warn)), 4)
+        self.assertEqual(len(self.logs.find("Cannot connect to node", LogLevel.warn)), 5)
         # Poll (bounded): a sees the failed handshakes' connections go.
         yield wait_until(reactor, lambda: not a._connections.brokers, TIMEOUT, what="no connection left on a")
-        self.assertEqual((a.list(), rogue.list(), sly.list(), plain.list()), ([], [], [], []))
+        self.assertEqual((a.list(), rogue.list(), sly.list(), own.list(), plain.list()), ([], [], [], [], []))
 
     def mktemp_dir(self) -> str:
         directory = tempfile.mkdtemp(prefix="cluster-pki-")
@@ -779,6 +799,11 @@ class TapClusterOptionsTests(SynchronousTestCase):
             ("--name", "a@127.0.0.1", "--dist-port", "70000", *base),
             ("--name", "a@127.0.0.1", "--epmd-port", "0", *base),
             ("--name", "a@127.0.0.1", "--dist-cert", "cert.pem", *base),
+            ("--name", "a@127.0.0.1", "--dist-login-timeout", "0", *base),
+            ("--name", "a@127.0.0.1", "--dist-login-timeout", "soon", *base),
+            ("--name", "a@127.0.0.1", "--dist-max-pending", "0", *base),
+            ("--name", "a@127.0.0.1", "--dist-plaintext", "--dist-cert", "c", "--dist-key", "k",
+             "--dist-ca", "ca", *base),
             ("--connect", "b@127.0.0.1"),
             ("--no-http",),
         ]:
@@ -800,3 +825,19 @@ class TapClusterOptionsTests(SynchronousTestCase):
         self.assertIs(node.pubsub.adapter, node)
         self.assertEqual(node.pubsub.node_name, "a@127.0.0.1")
         self.assertFalse([s for s in top if type(s).__name__ == "ListeningService"])
+        # The defaults: TLS links (a certificate made at start), 10 s to log in, 100 waiting.
+        self.assertEqual((node.tls, node.plaintext), (None, False))
+        self.assertEqual((node.login_timeout, node.max_pending), (10.0, 100))
+        self.assertEqual((node.mapper.login_timeout, node.mapper.max_pending), (10.0, 100))
+
+    def test_link_security_options(self) -> None:
+        """--dist-plaintext, --dist-login-timeout and --dist-max-pending reach the Node and its port mapper."""
+        from twisted_phoenix.tap import NodeService, makeService
+
+        options = self.parse("--name", "a@127.0.0.1", "--cookie", "k", "--no-http", "--dist-plaintext",
+                             "--dist-login-timeout", "2.5", "--dist-max-pending", "7")
+        self.assertEqual((options["dist-plaintext"], options["dist-login-timeout"], options["dist-max-pending"]),
+                         (True, 2.5, 7))
+        node = [s for s in makeService(options) if isinstance(s, NodeService)][0].node
+        self.assertEqual((node.plaintext, node.login_timeout, node.max_pending), (True, 2.5, 7))
+        self.assertEqual((node.mapper.login_timeout, node.mapper.max_pending), (2.5, 7))

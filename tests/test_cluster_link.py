@@ -18,6 +18,7 @@ from twisted.logger import LogLevel, globalLogPublisher
 from twisted.spread import jelly, pb
 from twisted.trial.unittest import SynchronousTestCase
 
+from twisted_phoenix.cluster.auth import login_secret
 from twisted_phoenix.cluster.link import (
     BUFFER_LIMIT,
     CHUNK,
@@ -445,27 +446,48 @@ class ProofTests(SynchronousTestCase):
     """The accepting node's proof that it knows the cookie."""
 
     def test_hmac(self) -> None:
-        """The proof is HMAC-SHA256 of nonce:name keyed by the cookie."""
-        expected = hmac.new(b"cookie", b"nonce:a@h", hashlib.sha256).hexdigest()
-        self.assertEqual(proof("cookie", "nonce", "a@h"), expected)
+        """The proof is the HMAC-SHA256 hello proof keyed by the cookie (see tests.test_cluster_auth)."""
+        label = b"twisted-phoenix link hello"
+        parts = [b"nonce", b"a@h", b"binding"]
+        message = label + b"".join(b"\0" + len(p).to_bytes(4, "big") + p for p in parts)
+        expected = hmac.new(b"cookie", message, hashlib.sha256).hexdigest()
+        self.assertEqual(proof("cookie", "nonce", "a@h", b"binding"), expected)
 
     def test_depends_on_everything(self) -> None:
-        """Another cookie, nonce or name gives another proof."""
-        base = proof("cookie", "nonce", "a@h")
-        self.assertNotEqual(proof("cookie2", "nonce", "a@h"), base)
-        self.assertNotEqual(proof("cookie", "nonce2", "a@h"), base)
-        self.assertNotEqual(proof("cookie", "nonce", "b@h"), base)
+        """Another cookie, nonce, name or channel binding gives another proof."""
+        base = proof("cookie", "nonce", "a@h", b"binding")
+        self.assertNotEqual(proof("cookie2", "nonce", "a@h", b"binding"), base)
+        self.assertNotEqual(proof("cookie", "nonce2", "a@h", b"binding"), base)
+        self.assertNotEqual(proof("cookie", "nonce", "b@h", b"binding"), base)
+        self.assertNotEqual(proof("cookie", "nonce", "a@h", b"other"), base)
+        self.assertNotEqual(proof("cookie", "nonce", "a@h"), base)
 
 
 class CookieCheckerTests(SynchronousTestCase):
     """Logging in to a node takes the cluster cookie."""
 
     def test_right_cookie(self) -> None:
-        """The right cookie gives the node's name as avatar id."""
+        """The right cookie (bound to the connection: none here, plaintext) gives the node's name as avatar id."""
         checker = CookieChecker("secret")
+        secret = login_secret("secret", b"", "a@127.0.0.1")
         self.assertEqual(
-            self.successResultOf(checker.requestAvatarId(UsernamePassword(b"a@127.0.0.1", b"secret"))),
+            self.successResultOf(checker.requestAvatarId(UsernamePassword(b"a@127.0.0.1", secret))),
             b"a@127.0.0.1",
+        )
+
+    def test_bare_cookie_refused(self) -> None:
+        """The bare cookie as password is refused: only the secret derived from it logs in."""
+        checker = CookieChecker("secret")
+        self.failureResultOf(
+            checker.requestAvatarId(UsernamePassword(b"a@127.0.0.1", b"secret")), cred_error.UnauthorizedLogin
+        )
+
+    def test_secret_of_another_name(self) -> None:
+        """A secret made for one node name does not log in another."""
+        checker = CookieChecker("secret")
+        secret = login_secret("secret", b"", "a@127.0.0.1")
+        self.failureResultOf(
+            checker.requestAvatarId(UsernamePassword(b"b@127.0.0.1", secret)), cred_error.UnauthorizedLogin
         )
 
     def test_wrong_cookie(self) -> None:

@@ -67,6 +67,12 @@ class ProcessTestCase(TestCase):
             lambda out: all(t in out[since:] for t in texts), TIMEOUT, f"{texts} in the log of {server.child.name}"
         )
 
+    def link_address(self, server: ServerProcess) -> str:
+        """``127.0.0.1:PORT``: where ``server`` listens for cluster links (from its log)."""
+        found = re.search(r"listening for cluster links on 127\.0\.0\.1:(\d+)", server.output())
+        assert found is not None, server.output()
+        return f"127.0.0.1:{found.group(1)}"
+
     def log_size(self, server: ServerProcess) -> int:
         return len(server.child.stdout.decode("utf-8", "replace"))
 
@@ -188,8 +194,10 @@ class CookieProcessTests(ProcessTestCase):
     def test_wrong_cookie(self) -> None:
         """A node with the wrong --cookie is refused (both logs say so) and is not in the list."""
         server = yield self.start("server")
-        intruder = yield self.start("intruder", "--cookie", "not the cookie", "--connect", node("server"),
-                                    http=False)
+        # Its own port mapper (test_other_cluster_same_mapper_port: it could not share the cluster's).
+        intruder = yield self.start("intruder", "--cookie", "not the cookie", "--connect",
+                                    f"{node('server')}={self.link_address(server)}", http=False,
+                                    PHOENIX_EPMD_PORT=str(free_port()))
         yield self.wait_log(intruder, "Cannot connect to node server@127.0.0.1")
         yield self.wait_log(server, "Refused node intruder@127.0.0.1 from")
         self.assertIn("wrong cookie", intruder.output())
@@ -202,6 +210,16 @@ class CookieProcessTests(ProcessTestCase):
         )
         self.assertConsole(run, ["(['server@127.0.0.1'], [])"])
         self.assertNotIn("Node intruder@127.0.0.1 connected", server.output())
+
+    @defer.inlineCallbacks
+    def test_other_cluster_same_mapper_port(self) -> None:
+        """A node of another cluster (another cookie) on this cluster's port mapper port exits, naming the fix."""
+        server = yield self.start("server")
+        with self.assertRaises(ChildFailed) as caught:
+            yield self.start("other", "--cookie", "another cluster's cookie")
+        self.assertIn("does not prove this cluster's cookie", str(caught.exception))
+        self.assertIn("--epmd-port or PHOENIX_EPMD_PORT", str(caught.exception))
+        yield self.wait_log(server, "left before proving the cookie")
 
     @defer.inlineCallbacks
     def test_name_taken(self) -> None:

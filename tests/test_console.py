@@ -270,11 +270,24 @@ class ConsoleProcessTests(TestCase):
     def test_wrong_cookie(self) -> None:
         """A console with another cookie cannot connect, and the node logs the refusal."""
         app = yield self.node()
-        run = yield self.console("--name", "c@127.0.0.1", "--cookie", "wrong", "--connect", app.name,
-                                 "-c", "Node.list()")
+        # Its own port mapper: the cluster's would not let it in at all (test_other_cluster).
+        address = f"127.0.0.1:{app._listening.getHost().port}"
+        run = yield self.console("--name", "c@127.0.0.1", "--cookie", "wrong", "--epmd-port", str(free_port()),
+                                 "--connect", f"{app.name}={address}", "-c", "Node.list()")
         self.assertOutput(run, ["[]"])
         self.assertIn(b"could not connect to app@127.0.0.1", run.stderr)
         self.assertTrue(self.logs.find("Refused node c@127.0.0.1 from", LogLevel.error))
+        self.assertEqual(app.list(), [])
+
+    @defer.inlineCallbacks
+    def test_other_cluster(self) -> None:
+        """A console with another cookie on the cluster's port mapper port exits 1, naming the fix."""
+        app = yield self.node()
+        run = yield self.console("--name", "c@127.0.0.1", "--cookie", "wrong", "--connect", app.name,
+                                 "-c", "Node.list()")
+        self.assertOutput(run, [], exit_code=1)
+        self.assertIn(b"does not prove this cluster's cookie", run.stderr)
+        self.assertIn(b"--epmd-port or PHOENIX_EPMD_PORT", run.stderr)
         self.assertEqual(app.list(), [])
 
     @defer.inlineCallbacks
@@ -327,6 +340,28 @@ class ConsoleProcessTests(TestCase):
         self.assertOutput(run, ["['app@127.0.0.1']"])
         run = yield self.console("--name", "d@127.0.0.1", "--connect", app.name, "-c", "Node.list()")
         self.assertOutput(run, ["[]"])
+
+    @defer.inlineCallbacks
+    def test_encrypted_by_default(self) -> None:
+        """Without certificates the console links over TLS (its own certificate), and broadcasts."""
+        app = yield self.node()
+        got = Collector(reactor, app.pubsub, "room")
+        run = yield self.console("--name", "c@127.0.0.1", "--connect", app.name,
+                                 "-c", "Endpoint.broadcast('room', 'msg', {'n': 1}); Node.links['app@127.0.0.1']"
+                                       ".remote.broker.transport.getHandle().get_protocol_version_name()")
+        self.assertOutput(run, ["'TLSv1.3'"])
+        self.assertEqual([b.payload for b in (yield got.wait_for(1, 10))], [{"n": 1}])
+
+    @defer.inlineCallbacks
+    def test_plaintext(self) -> None:
+        """With --dist-plaintext the console links to a plaintext node; without it, it cannot."""
+        app = yield self.node(plaintext=True)
+        run = yield self.console("--name", "c@127.0.0.1", "--dist-plaintext", "--connect", app.name,
+                                 "-c", "Node.list()")
+        self.assertOutput(run, ["['app@127.0.0.1']"])
+        run = yield self.console("--name", "d@127.0.0.1", "--connect", app.name, "-c", "Node.list()")
+        self.assertOutput(run, ["[]"])
+        self.assertIn(b"is it a plaintext node (--dist-plaintext)?", run.stderr)
 
 
 class ClusterConsoleTests(TestCase):

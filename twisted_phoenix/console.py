@@ -164,6 +164,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dist-cert", help="this node's TLS certificate (PEM) for cluster links")
     parser.add_argument("--dist-key", help="its private key (PEM)")
     parser.add_argument("--dist-ca", help="the CA certificate that signed every node's certificate")
+    parser.add_argument("--dist-plaintext", action="store_true",
+                        help="cluster links without TLS (when the cluster's nodes run with --dist-plaintext)")
     parser.add_argument("-c", dest="code", help="run CODE, wait for its result, print it and exit")
     parser.add_argument("--mesh-timeout", type=float, default=MESH_TIMEOUT, metavar="SECONDS",
                         help="after connecting, wait at most this long for the nodes the peers introduce "
@@ -188,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
         tls = ClusterTLS.from_files(args.dist_cert, args.dist_key, args.dist_ca)
     node = Node(
         reactor, args.name, cookie=resolve_cookie(args.cookie), pubsub=pubsub, tls=tls,
-        mapper_port=args.epmd_port or mapper_port(),
+        plaintext=getattr(args, "dist_plaintext", False), mapper_port=args.epmd_port or mapper_port(),
     )
     endpoint = endpoint_class(
         reactor, node_name=args.name, secret_key_base=resolve_secret(args.secret_key_base, env), pubsub=pubsub

@@ -183,7 +183,8 @@ def load_endpoint_class(spec: str) -> type[Endpoint]:
 #: The order ``twistd phoenix --help`` lists its options in.
 _OPTION_ORDER = [
     "port", "endpoint", "listen", "static", "host", "env", "secret-key-base", "name", "connect", "cookie",
-    "dist-interface", "dist-port", "dist-cert", "dist-key", "dist-ca", "epmd-port",
+    "dist-interface", "dist-port", "dist-cert", "dist-key", "dist-ca", "dist-plaintext",
+    "dist-login-timeout", "dist-max-pending", "epmd-port",
     "heartbeat-interval", "heartbeat-timeout", "no-http", "backlog",
     *[option for option, _, _, _ in ENDPOINT_LIMITS],
     *[option for option, _, _, _ in PRESENCE_OPTIONS],
@@ -220,9 +221,14 @@ class Options(usage.Options):
         ["cookie", None, None, "Cluster cookie (default: $PHOENIX_COOKIE, else ~/.twisted_phoenix.cookie)."],
         ["dist-interface", None, "127.0.0.1", "Interface for cluster links (0.0.0.0 to link across hosts)."],
         ["dist-port", None, "0", "Port for cluster links (default: any free port, found by name on this host)."],
-        ["dist-cert", None, None, "TLS for cluster links: this node's certificate (PEM)."],
-        ["dist-key", None, None, "TLS for cluster links: its private key (PEM)."],
-        ["dist-ca", None, None, "TLS for cluster links: the CA certificate that signed every node's."],
+        ["dist-cert", None, None, "Cluster links: this node's certificate (PEM) from the cluster CA "
+         "(default: a self-signed one, made at start; links are TLS either way)."],
+        ["dist-key", None, None, "Cluster links: its private key (PEM)."],
+        ["dist-ca", None, None, "Cluster links: the CA certificate that signed every node's."],
+        ["dist-login-timeout", None, "10", "Seconds a connection to the link port or the port mapper "
+         "has to prove the cookie."],
+        ["dist-max-pending", None, "100", "Connections to the link port (and to the port mapper) that "
+         "have not proved the cookie yet, at once; more are closed at once."],
         ["epmd-port", None, None, "Port of the node-name mapper on 127.0.0.1 (default: $PHOENIX_EPMD_PORT, else 4370)."],
         ["heartbeat-interval", None, "1.0", "Seconds between heartbeats on each cluster link."],
         ["heartbeat-timeout", None, "3.0", "Seconds of silence after which a peer node is dropped."],
@@ -238,6 +244,7 @@ class Options(usage.Options):
 
     optFlags = [
         ["no-http", None, "Serve no sockets: a cluster node for workers and broadcasts only."],
+        ["dist-plaintext", None, "Cluster links without TLS (every node of the cluster must agree)."],
     ]
 
     def getUsage(self, width: int | None = None) -> str:
@@ -361,6 +368,8 @@ class Options(usage.Options):
             self["epmd-port"] = int(self["epmd-port"] or mapper_port())
             self["heartbeat-interval"] = float(self["heartbeat-interval"])
             self["heartbeat-timeout"] = float(self["heartbeat-timeout"])
+            self["dist-login-timeout"] = float(self["dist-login-timeout"])
+            self["dist-max-pending"] = int(self["dist-max-pending"])
         except (ValueError, ConfigError) as e:
             raise usage.UsageError(str(e)) from None
         if not 0 <= self["dist-port"] <= 65535 or not 0 < self["epmd-port"] <= 65535:
@@ -370,9 +379,13 @@ class Options(usage.Options):
                 "--heartbeat-interval must be above 0 and below --heartbeat-timeout "
                 "(a peer is dropped after the timeout without an answer)"
             )
+        if not self["dist-login-timeout"] > 0 or not self["dist-max-pending"] > 0:
+            raise usage.UsageError("--dist-login-timeout and --dist-max-pending must be above 0")
         tls_files = [self["dist-cert"], self["dist-key"], self["dist-ca"]]
         if any(tls_files) and not all(tls_files):
             raise usage.UsageError("TLS cluster links need --dist-cert, --dist-key and --dist-ca")
+        if any(tls_files) and self["dist-plaintext"]:
+            raise usage.UsageError("--dist-plaintext and --dist-cert/--dist-key/--dist-ca: choose one")
         self["tls"] = ClusterTLS.from_files(*tls_files) if all(tls_files) else None
 
 
@@ -553,6 +566,9 @@ def makeService(options: Options) -> service.IService:
             interface=options["dist-interface"],
             port=options["dist-port"],
             tls=options["tls"],
+            plaintext=options["dist-plaintext"],
+            login_timeout=options["dist-login-timeout"],
+            max_pending=options["dist-max-pending"],
             mapper_port=options["epmd-port"],
             heartbeat_interval=options["heartbeat-interval"],
             heartbeat_timeout=options["heartbeat-timeout"],

@@ -9,16 +9,16 @@ types; anything else is rejected and logged.  PB only ever calls
 ``perspective_*``/``remote_*`` methods, and these two classes route every
 one of them through :meth:`Link.received`.
 
-Authentication: the connecting node logs in with its node name and the
-cluster cookie (PB's challenge-response: the cookie never crosses the wire);
-then it challenges the accepting node to prove it knows the cookie too
-(:func:`proof`).  For privacy as well, run links over TLS.
+Authentication (:mod:`~twisted_phoenix.cluster.auth`): the connecting node
+logs in with its node name and the cluster cookie bound to the TLS channel
+(PB's challenge-response: the cookie never crosses the wire); then it
+challenges the accepting node to prove it knows the cookie too
+(:func:`proof`), over the same binding.  Links are TLS by default
+(:mod:`~twisted_phoenix.cluster.tls`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.cred import error as cred_error
@@ -31,6 +31,9 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.spread import pb
 from zope.interface import implementer
+
+from .auth import hello_proof, login_secret
+from .tls import channel_binding
 
 if TYPE_CHECKING:
     from .node import Node
@@ -97,9 +100,13 @@ def _plain(value: Any, depth: int = 0) -> bool:
     return False
 
 
-def proof(cookie: str, nonce: str, name: str) -> str:
-    """What a node answers to prove it knows ``cookie``."""
-    return hmac.new(cookie.encode(), f"{nonce}:{name}".encode(), hashlib.sha256).hexdigest()
+def proof(cookie: str, nonce: str, name: str, binding: bytes = b"") -> str:
+    """
+    What the accepting node ``name`` answers to a hello carrying ``nonce``,
+    to prove it knows ``cookie``, on a link whose TLS channel binding is
+    ``binding`` (:func:`~twisted_phoenix.cluster.auth.hello_proof`).
+    """
+    return hello_proof(cookie, nonce, name, binding)
 
 
 @implementer(IPushProducer)
@@ -322,22 +329,33 @@ class NodeMind(pb.Referenceable):
 
 @implementer(ICredentialsChecker)
 class CookieChecker:
-    """Accepts a node that logs in with the cluster cookie."""
+    """
+    Accepts a node that logs in with the cluster cookie bound to this
+    connection (:func:`~twisted_phoenix.cluster.auth.login_secret`).
+    """
 
     credentialInterfaces = (IUsernameHashedPassword,)
 
     def __init__(self, cookie: str) -> None:
-        self._cookie = cookie.encode()
+        self._cookie = cookie
 
     def requestAvatarId(self, credentials: Any) -> defer.Deferred[bytes]:
         name = credentials.username
         if isinstance(name, bytes):
             name = name.decode("utf-8", "replace")
-        peer = getattr(getattr(credentials, "broker", None), "transport", None)
-        address = peer.getPeer() if peer is not None else None
-        if credentials.checkPassword(self._cookie):
+        transport = getattr(getattr(credentials, "broker", None), "transport", None)
+        address = transport.getPeer() if transport is not None else None
+        try:
+            binding = channel_binding(transport)
+        except ValueError:
+            binding = None
+        if binding is not None and credentials.checkPassword(login_secret(self._cookie, binding, name)):
             return defer.succeed(name.encode())
-        log.error("Refused node {name} from {address}: wrong cookie", name=name, address=address)
+        if binding:
+            log.error("Refused node {name} from {address}: wrong cookie (or a relay between us: "
+                      "the proof is bound to this TLS connection)", name=name, address=address)
+        else:
+            log.error("Refused node {name} from {address}: wrong cookie", name=name, address=address)
         return defer.fail(WrongCookie("wrong cookie"))
 
 
@@ -356,6 +374,10 @@ class ClusterRealm:
         if peer == self.node.name:
             log.error("Refused a node that logged in with this node's own name, {name}", name=peer)
             raise RejectedCall("that is this node's name")
+        # Logged in: the peer proved the cookie on this very connection.
+        authenticate = getattr(mind.broker, "authenticate", None)
+        if authenticate is not None:
+            authenticate()
         avatar = PeerPerspective()
         avatar.link = Link(self.node, mind, initiator=peer, peer=peer)
         return pb.IPerspective, avatar, avatar.link.close

@@ -3,9 +3,12 @@
 A cluster node: its name, its links to the other nodes, and the PubSub
 adapter that carries broadcasts over them.
 
-A node listens for links (Perspective Broker, optionally over TLS),
-registers its name with the host's :mod:`port mapper
+A node listens for links (Perspective Broker over TLS, unless asked for
+plaintext), registers its name with the host's :mod:`port mapper
 <twisted_phoenix.cluster.portmapper>`, and connects to other nodes by name.
+Every link and every exchange with the port mapper proves the cluster
+cookie (:mod:`~twisted_phoenix.cluster.auth`); what a peer may do before it
+has is bounded (:mod:`~twisted_phoenix.cluster.broker`).
 The mesh is transitive: a new link introduces each side's peers to the
 other, and every node links to every other directly.
 
@@ -29,7 +32,6 @@ from twisted.application import service
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.portal import Portal
 from twisted.internet import defer
-from twisted.internet.error import ConnectionLost
 from twisted.internet.endpoints import (
     SSL4ClientEndpoint,
     SSL4ServerEndpoint,
@@ -42,10 +44,22 @@ from twisted.spread import pb
 from ..message import Broadcast
 from ..pubsub import PubSub
 from ..serializers import json_dumps
+from .auth import login_secret, new_nonce, same
+from .broker import (
+    LOGIN_TIMEOUT,
+    MAX_PENDING,
+    PEER_HELLO_BYTES,
+    PEER_HELLO_ITEMS,
+    PRE_AUTH_BYTES,
+    PRE_AUTH_DEPTH,
+    PRE_AUTH_ITEMS,
+    LinkClientFactory,
+    LinkServerFactory,
+)
 from .link import CHUNK, ClusterRealm, CookieChecker, Link, NodeMind, RejectedCall, proof
 from .names import is_local_host, parse_address, parse_node_name
-from .portmapper import DEFAULT_PORT, MapperClient
-from .tls import ClusterTLS
+from .portmapper import DEFAULT_PORT, MapperClient, MapperError
+from .tls import ClusterTLS, channel_binding
 
 __all__ = ["Node"]
 
@@ -57,6 +71,9 @@ BACKOFF = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
 #: Seconds :meth:`Node.stop` waits for the peers' goodbyes and for its
 #: connections to be gone.
 STOP_TIMEOUT = 5.0
+
+#: Seconds a link we open has to log in, and then to get the hello answer.
+CONNECT_TIMEOUT = 5.0
 
 
 class _Connections:
@@ -81,52 +98,6 @@ class _Connections:
         return defer.DeferredList(waits, consumeErrors=True)
 
 
-class _Broker(pb.Broker):
-    """A PB broker that remembers why its connection was lost."""
-
-    lost_reason: Any = None
-
-    def connectionLost(self, reason: Any) -> None:
-        self.lost_reason = reason
-        super().connectionLost(reason)
-
-
-class _ServerFactory(pb.PBServerFactory):
-    noisy = False
-    protocol = _Broker
-
-    def __init__(self, portal: Portal, connections: _Connections) -> None:
-        super().__init__(portal)
-        self._connections = connections
-
-    def buildProtocol(self, addr: Any) -> pb.Broker:
-        broker = super().buildProtocol(addr)
-        self._connections.add(broker)
-        return broker
-
-
-class _ClientFactory(pb.PBClientFactory):
-    noisy = False
-    protocol = _Broker
-
-    def __init__(self, connections: _Connections) -> None:
-        super().__init__()
-        self._connections = connections
-
-    def buildProtocol(self, addr: Any) -> pb.Broker:
-        broker = super().buildProtocol(addr)
-        self._connections.add(broker)
-        # Endpoints never call clientConnectionLost, which is what fails a
-        # pending login when the connection goes before PB is ready (a
-        # failed TLS handshake): do it here, or login waits for its timeout.
-        def lost() -> None:
-            reason = getattr(broker.lost_reason, "value", None)
-            self._failAll(ConnectionLost(f"lost before login: {reason!r:.300}"))
-
-        broker.notifyOnDisconnect(lost)
-        return broker
-
-
 class Node(service.Service):
     """
     This process as a member of a cluster.
@@ -137,12 +108,35 @@ class Node(service.Service):
     :param pubsub: the local PubSub; the node becomes its adapter.
     :param interface: where to listen for links (``127.0.0.1`` by default).
     :param port: the link port; 0 picks a free one (found through the port mapper).
-    :param tls: certificates for TLS links, or ``None`` for plaintext.
+    :param tls: certificates from the cluster's CA for TLS links; ``None``
+        (the default): a self-signed certificate made at start, links
+        encrypted all the same.
+    :param plaintext: links without TLS (only with ``tls=None``); such a
+        node and a TLS node cannot link.
     :param mapper_port: the port mapper's port on 127.0.0.1.
+    :param login_timeout: seconds a connection to the link port (or the port
+        mapper this node serves) has to prove the cookie.
+    :param max_pending: connections to the link port (or to the port
+        mapper) that have not proved it yet, at once; more are closed at once.
     :param heartbeat_interval: seconds between heartbeats on each link.
     :param heartbeat_timeout: seconds of silence after which a peer is dropped.
     :param connect: node names (or ``name=host:port``) to connect to at start.
+
+    :cvar pre_auth_bytes: bytes a peer connecting to the link port may send
+        before it has logged in.
+    :cvar pre_auth_items: Banana items it may send before.
+    :cvar pre_auth_depth: how deep any peer may nest Banana lists before it
+        is authenticated.
+    :cvar peer_hello_bytes: bytes a node we connect to may send before its
+        hello proof checks out.
+    :cvar peer_hello_items: Banana items it may send before.
     """
+
+    pre_auth_bytes = PRE_AUTH_BYTES
+    pre_auth_items = PRE_AUTH_ITEMS
+    pre_auth_depth = PRE_AUTH_DEPTH
+    peer_hello_bytes = PEER_HELLO_BYTES
+    peer_hello_items = PEER_HELLO_ITEMS
 
     def __init__(
         self,
@@ -154,11 +148,16 @@ class Node(service.Service):
         interface: str = "127.0.0.1",
         port: int = 0,
         tls: ClusterTLS | None = None,
+        plaintext: bool = False,
         mapper_port: int = DEFAULT_PORT,
         heartbeat_interval: float = 1.0,
         heartbeat_timeout: float = 3.0,
         connect: Iterable[str] = (),
+        login_timeout: float = LOGIN_TIMEOUT,
+        max_pending: int = MAX_PENDING,
     ) -> None:
+        if plaintext and tls is not None:
+            raise ValueError("plaintext links and TLS certificates: choose one")
         self.reactor = reactor
         self.node_name = parse_node_name(name)
         self.name = name
@@ -167,6 +166,9 @@ class Node(service.Service):
         self.interface = interface
         self.port = port
         self.tls = tls
+        self.plaintext = plaintext
+        self.login_timeout = login_timeout
+        self.max_pending = max_pending
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_timeout = heartbeat_timeout
         self.initial = list(connect)
@@ -174,7 +176,9 @@ class Node(service.Service):
         self.incarnation = secrets.token_hex(8)
         self.links: dict[str, Link] = {}
         self.address: str | None = None
-        self.mapper = MapperClient(reactor, mapper_port)
+        self.mapper = MapperClient(
+            reactor, mapper_port, cookie, login_timeout=login_timeout, max_pending=max_pending
+        )
         self._addresses: dict[str, str] = {}
         self._retrying: set[str] = set()
         self._listening: Any = None
@@ -204,8 +208,18 @@ class Node(service.Service):
     @defer.inlineCallbacks
     def start(self) -> Any:
         """Listen, register with the port mapper, connect to the initial nodes."""
+        if self.tls is None and not self.plaintext:
+            # No certificates configured: our own, made now (an EC key:
+            # about a millisecond).  The cookie proof, bound to each TLS
+            # connection, is what authenticates peers.
+            self.tls = ClusterTLS.generate(self.name)
         realm = ClusterRealm(self)
-        factory = _ServerFactory(Portal(realm, [CookieChecker(self.cookie)]), self._connections)
+        factory = LinkServerFactory(
+            Portal(realm, [CookieChecker(self.cookie)]), self.reactor,
+            login_timeout=self.login_timeout, max_pending=self.max_pending,
+            track=self._connections.add, limits=self._limits(),
+        )
+        self._server_factory = factory
         if self.tls is not None:
             endpoint: Any = SSL4ServerEndpoint(
                 self.reactor, self.port, self.tls.server_options(), interface=self.interface
@@ -218,12 +232,25 @@ class Node(service.Service):
         if is_local_host(self.node_name.host):
             yield self.mapper.register(self.node_name.name, port)
         log.info(
-            "Node {name} listening for cluster links on {interface}:{port}{tls}",
-            name=self.name, interface=self.interface, port=port, tls=" (TLS)" if self.tls else "",
+            "Node {name} listening for cluster links on {interface}:{port} ({tls})",
+            name=self.name, interface=self.interface, port=port, tls=self._security(),
         )
         self.started.callback(None)
         for target in self.initial:
             self.connect(target).addCallback(self._initial_connected, target)
+
+    def _security(self) -> str:
+        if self.tls is None:
+            return "plaintext"
+        return "TLS, self-signed certificate" if self.tls.self_signed else "TLS, certificates from the cluster CA"
+
+    def _limits(self, accepting: bool = True) -> dict[str, int]:
+        """What a broker allows a peer before it is authenticated."""
+        if accepting:
+            return {"max_bytes": self.pre_auth_bytes, "max_items": self.pre_auth_items,
+                    "max_depth": self.pre_auth_depth}
+        return {"max_bytes": self.peer_hello_bytes, "max_items": self.peer_hello_items,
+                "max_depth": self.pre_auth_depth}
 
     def _initial_connected(self, ok: bool, target: str) -> None:
         if not ok:
@@ -315,7 +342,7 @@ class Node(service.Service):
             return False
         if self._stopping:
             return False
-        factory = _ClientFactory(self._connections)
+        factory = LinkClientFactory(track=self._connections.add, limits=self._limits(accepting=False))
         if self.tls is not None:
             endpoint: Any = SSL4ClientEndpoint(
                 self.reactor, host, port, self.tls.client_options(wanted.host), timeout=5
@@ -329,30 +356,30 @@ class Node(service.Service):
             self._connecting.add(connecting)
             connecting.addBoth(lambda r: self._connecting.discard(connecting) or r)
             broker = yield connecting
-            login = factory.login(UsernamePassword(self.name.encode(), self.cookie.encode()), client=mind)
-            perspective = yield login.addTimeout(5, self.reactor)
+            perspective = yield self._login(factory, broker, mind).addTimeout(CONNECT_TIMEOUT, self.reactor)
         except Exception as e:
             # factory.disconnect() only knows a connection that got as far as
             # PB's version exchange; drop ours whatever state it is in.
             if broker is not None and broker.transport is not None:
                 broker.transport.abortConnection()
+            hint = self._hint(e)
             if self._stopping:
                 level = LogLevel.debug
-            elif not quiet and _refused_login(e):
-                level = LogLevel.error  # a refused cookie is a configuration error: say so loudly
-            log.emit(level, "Cannot connect to node {target} at {host}:{port}: {error}",
-                     target=target, host=host, port=port, error=_describe(e))
+            elif not quiet and (_refused_login(e) or hint):
+                level = LogLevel.error  # a configuration error: say so loudly
+            log.emit(level, "Cannot connect to node {target} at {host}:{port}: {error}{hint}",
+                     target=target, host=host, port=port, error=_describe(e), hint=hint)
             return False
         link = mind.link = Link(self, perspective, initiator=self.name, peer=target)
-        nonce = secrets.token_hex(16)
+        nonce = new_nonce()
         try:
-            info = yield link.call("hello", self._hello(nonce)).addTimeout(5, self.reactor)
+            info = yield link.call("hello", self._hello(nonce)).addTimeout(CONNECT_TIMEOUT, self.reactor)
         except Exception as e:
             link.close()
             log.warn("Node {target} did not answer our hello: {error}", target=target, error=_describe(e))
             return False
-        if not isinstance(info, dict) or info.get("name") != target or info.get("proof") != proof(
-            self.cookie, nonce, target
+        if not isinstance(info, dict) or info.get("name") != target or not same(
+            info.get("proof"), proof(self.cookie, nonce, target, broker.binding)
         ):
             link.close()
             log.error("Refused node at {host}:{port}: it is not {target} or does not know the cookie",
@@ -361,19 +388,53 @@ class Node(service.Service):
         if link.closed or self._stopping:
             link.close()
             return False
+        broker.authenticate()
         return self._link_up(link, info)
+
+    @defer.inlineCallbacks
+    def _login(self, factory: LinkClientFactory, broker: Any, mind: NodeMind) -> Any:
+        """Log in on a new connection with the cookie bound to it; fires with the peer's perspective."""
+        # The root object comes once the peer has spoken: past the TLS
+        # handshake, so the channel binding is known.
+        yield factory.getRootObject()
+        broker.binding = channel_binding(broker.transport)
+        secret = login_secret(self.cookie, broker.binding, self.name)
+        perspective = yield factory.login(UsernamePassword(self.name.encode(), secret), client=mind)
+        return perspective
+
+    def _hint(self, e: BaseException) -> str:
+        """What a failed login probably means, when it is a mismatch of configuration."""
+        text = repr(e)
+        if _refused_login(e):
+            if self.tls is not None:
+                return " (wrong cookie, or a relay between us: the proof is bound to this TLS connection)"
+            return ""
+        if self.tls is None and isinstance(e, (defer.TimeoutError, defer.CancelledError)):
+            return (" (no answer to a plaintext login: is it a TLS node? This node's links are plaintext "
+                    "(--dist-plaintext); every node of a cluster must use TLS, or every one plaintext)")
+        if self.tls is not None and ("SSL" in text or "ssl" in text or "TLS" in text):
+            return (" (the TLS handshake failed: is it a plaintext node (--dist-plaintext)? Every node of a "
+                    "cluster must use TLS, or every one plaintext; with --dist-ca, its certificate must be "
+                    "from the same CA)")
+        return ""
 
     @defer.inlineCallbacks
     def _resolve(self, target: str) -> Any:
         """``(host, port)`` of a node: the port mapper for this host, else a known address."""
         name = parse_node_name(target)
         local = is_local_host(name.host)
+        mapper_error = None
         if local:
-            port = yield self.mapper.lookup(name.name)
+            try:
+                port = yield self.mapper.lookup(name.name)
+            except MapperError as e:
+                port, mapper_error = None, e
             if port is not None:
                 return ("127.0.0.1", port)
         address = self._addresses.get(target)
         if address is None:
+            if mapper_error is not None:
+                raise LookupError(str(mapper_error))
             raise LookupError(
                 "no node of that name is registered on this host" if local
                 else "it is on another host: give its address, as name@host=ADDRESS:PORT"
@@ -382,14 +443,14 @@ class Node(service.Service):
 
     # -- links ---------------------------------------------------------------------
 
-    def _hello(self, nonce: str | None, peer_nonce: str | None = None) -> dict[str, Any]:
+    def _hello(self, nonce: str | None, peer_nonce: str | None = None, binding: bytes = b"") -> dict[str, Any]:
         return {
             "name": self.name,
             "incarnation": self.incarnation,
             "address": self.address,
             "nodes": {name: link.address for name, link in self.links.items() if link.address},
             "nonce": nonce,
-            "proof": None if peer_nonce is None else proof(self.cookie, peer_nonce, self.name),
+            "proof": None if peer_nonce is None else proof(self.cookie, peer_nonce, self.name, binding),
         }
 
     def _hello_received(self, link: Link, info: dict[str, Any]) -> dict[str, Any]:
@@ -404,7 +465,12 @@ class Node(service.Service):
         if self._stopping:
             link.close()
             raise RejectedCall("this node is stopping")
-        answer = self._hello(None, peer_nonce=info["nonce"])
+        try:
+            binding = channel_binding(link.remote.broker.transport)
+        except ValueError:
+            link.close()
+            raise RejectedCall("no TLS channel binding") from None
+        answer = self._hello(None, peer_nonce=info["nonce"], binding=binding)
         self._link_up(link, info, answering=True)
         return answer
 
