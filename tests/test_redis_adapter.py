@@ -405,8 +405,8 @@ class RedisAdapterTests(SynchronousTestCase):
         self.assertEqual(self.adapter.publish_dropped, 4)
         self.assertEqual(self.logs.find("broadcast(s) not published"), [])
         self.h.clock.advance(1.0)
-        self.assertEqual(len(self.logs.find("3 broadcast(s) not published (topics t)", LogLevel.warn)), 1)
-        self.assertEqual(len(self.logs.find("1 broadcast(s) not published (topics t); publish_dropped=4")), 1)
+        self.assertEqual(len(self.logs.find("3 broadcast(s) not published (by topic: t 3)", LogLevel.warn)), 1)
+        self.assertEqual(len(self.logs.find("1 broadcast(s) not published (by topic: t 1); publish_dropped=4")), 1)
         self.assertEqual(len(self.logs.find("Lost the connection to Redis", LogLevel.warn)), 1)
 
     def test_unconfirmed(self) -> None:
@@ -467,8 +467,21 @@ class RedisAdapterTests(SynchronousTestCase):
         self.assertEqual(len(self.h.received), 5)
         self.h.clock.advance(1.0)
         self.assertEqual(
-            len(self.logs.find("Lost 4 broadcast(s) from node b@host (sequence gap; topics t); lost=4", LogLevel.warn)), 1
+            len(self.logs.find("Lost 4 broadcast(s) from node b@host (sequence gap; by topic: t 4); lost=4", LogLevel.warn)), 1
         )
+
+    def test_loss_log_by_topic(self) -> None:
+        """The loss log names the first topics with their counts and sums the rest."""
+        self.h.subscribe_local("t")
+        sub, sub_t = self.h.connect(SubscriberProtocol)
+        for n in range(7):
+            topic = f"t{n}"
+            channel = f"phx:t:{topic}"
+            for seq in (1, 3):
+                sub.dataReceived(resp("message", channel, message("b@host", "i", 1, seq, topic, "e", {})))
+        self.h.clock.advance(1.0)
+        (line,) = self.logs.find("Lost 7 broadcast(s) from node b@host")
+        self.assertIn("by topic: t0 1, t1 1, t2 1, t3 1, t4 1, other topics 2); lost=7", line)
 
     def test_reconnect(self) -> None:
         """After a lost connection everything is subscribed again; a gap across it is counted."""
@@ -688,3 +701,22 @@ class ReconnectorTests(SynchronousTestCase):
         self.fail_attempt()
         self.successResultOf(self.connector.stop())
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class RedisURLSettingsTests(SynchronousTestCase):
+    """The adapter's settings in the URL's query."""
+
+    def test_settings(self) -> None:
+        """linger, ping_interval and max_pending from the URL reach the adapter; arguments win."""
+        config = parse_redis_url("redis://h?linger=0.5&ping_interval=2&max_pending=10")
+        self.assertEqual((config.linger, config.ping_interval, config.max_pending), (0.5, 2.0, 10))
+        adapter = RedisAdapter(Clock(), PubSub("a@h"), config)
+        self.assertEqual((adapter.interest.linger, adapter.ping_interval, adapter.max_pending), (0.5, 2.0, 10))
+        adapter = RedisAdapter(Clock(), PubSub("a@h"), config, linger=0, max_pending=0)
+        self.assertEqual((adapter.interest.linger, adapter.max_pending), (0, 0))
+
+    def test_bad_settings(self) -> None:
+        """Settings that are not numbers in range are refused."""
+        for query in ("linger=-1", "linger=x", "ping_interval=0", "max_pending=1.5", "max_pending=-2", "linger=nan", "linger=inf"):
+            with self.assertRaises(ValueError, msg=query):
+                parse_redis_url(f"redis://h?{query}")

@@ -90,8 +90,7 @@ class RedisLiveTests(TestCase):
         a, b = yield self.linked("a@h", "b@h")
         a.subscribe("room")
         b.subscribe("room")
-        yield self.wait(lambda: a.adapter._incoming._since.keys() >= {a.adapter.channel_for_topic("room")}
-                        and b.adapter._incoming._since.keys() >= {b.adapter.channel_for_topic("room")}, "subscribed")
+        yield self.wait(lambda: a.adapter.is_subscribed("room") and b.adapter.is_subscribed("room"), "subscribed")
         a.pubsub.broadcast("room", "from_a", {"n": 1})
         b.pubsub.broadcast("room", "from_b", b"\x00\x01binary")
         expected = [Broadcast("room", "from_a", {"n": 1}), Broadcast("room", "from_b", b"\x00\x01binary")]
@@ -114,7 +113,7 @@ class RedisLiveTests(TestCase):
         channel = "phx:t:only_a"
         self.assertEqual((yield self.redis.numsub(channel)), {channel: 0})
         a.subscribe("only_a")
-        yield self.wait(lambda: a.adapter.channel_for_topic("only_a") in a.adapter._incoming._since, "a subscribed")
+        yield self.wait(lambda: a.adapter.is_subscribed("only_a"), "a subscribed")
         self.assertEqual((yield self.redis.numsub(channel, "phx:n:a@h", "phx:nodes")),
                          {channel: 1, "phx:n:a@h": 1, "phx:nodes": 2})
         # b has no subscriber: b's own broadcasts reach a, nothing reaches b.
@@ -124,7 +123,7 @@ class RedisLiveTests(TestCase):
         self.assertEqual(b.adapter.received, 0)
         a.unsubscribe("only_a")
         self.assertEqual((yield self.redis.numsub(channel)), {channel: 1})  # lingering
-        yield self.wait(lambda: a.adapter.channel_for_topic("only_a") not in a.adapter._incoming._since, "a unsubscribed")
+        yield self.wait(lambda: not a.adapter.is_subscribed("only_a"), "a unsubscribed")
         self.assertEqual((yield self.redis.numsub(channel)), {channel: 0})
 
     @defer.inlineCallbacks
@@ -150,7 +149,7 @@ class RedisLiveTests(TestCase):
         """Redis killed and restarted mid-stream: both resubscribe, delivery resumes, every loss is counted and logged."""
         a, b = yield self.linked("a@h", "b@h")
         b.subscribe("stream")
-        yield self.wait(lambda: b.adapter.channel_for_topic("stream") in b.adapter._incoming._since, "b subscribed")
+        yield self.wait(lambda: b.adapter.is_subscribed("stream"), "b subscribed")
         counter = iter(range(1_000_000))
         loop = LoopingCall(lambda: a.pubsub.broadcast("stream", "n", {"n": next(counter)}))
         loop.clock = reactor
@@ -185,7 +184,7 @@ class RedisLiveTests(TestCase):
         yield self.redis.cli("CONFIG", "SET", "client-output-buffer-limit", "pubsub 256kb 128kb 1")
         a, b = yield self.linked("a@h", "b@h")
         b.subscribe("flood")
-        yield self.wait(lambda: b.adapter.channel_for_topic("flood") in b.adapter._incoming._since, "b subscribed")
+        yield self.wait(lambda: b.adapter.is_subscribed("flood"), "b subscribed")
         a.pubsub.broadcast("flood", "n", {"n": -1})
         yield self.wait(lambda: len(b.got.get("flood", ())) == 1, "first one")
         b.adapter._subscriber.transport.pauseProducing()  # b stops reading
@@ -205,7 +204,7 @@ class RedisLiveTests(TestCase):
         last = next(counter) - 1
         b.adapter._subscriber.transport.resumeProducing()
         yield self.wait(lambda: b.adapter.reconnects >= 1 and b.adapter.connected, "b reconnected")
-        yield self.wait(lambda: b.adapter.channel_for_topic("flood") in b.adapter._incoming._since, "b subscribed again")
+        yield self.wait(lambda: b.adapter.is_subscribed("flood"), "b subscribed again")
         a.pubsub.broadcast("flood", "n", {"n": last + 1})
         yield self.wait(lambda: b.got["flood"][-1].payload["n"] == last + 1, "the one after")
         numbers = [m.payload["n"] for m in b.got["flood"]]
@@ -268,7 +267,7 @@ class RedisTLSTests(TestCase):
         a = LiveNode(self, "a@h", self.redis.url())
         b = LiveNode(self, "b@h", self.redis.url())
         b.subscribe("t")
-        yield wait_until(reactor, lambda: a.adapter.list() == ["b@h"] and b.adapter.channel_for_topic("t") in b.adapter._incoming._since,
+        yield wait_until(reactor, lambda: a.adapter.list() == ["b@h"] and b.adapter.is_subscribed("t"),
                          timeout=TIMEOUT, what="linked over TLS")
         a.pubsub.broadcast("t", "e", {"tls": True})
         yield wait_until(reactor, lambda: b.got["t"] == [Broadcast("t", "e", {"tls": True})], timeout=TIMEOUT, what="received")

@@ -156,9 +156,8 @@ class Options(usage.Options):
         ["secret-key-base", None, None, "Secret for signing tokens (default: $SECRET_KEY_BASE)."],
         ["name", None, "nonode@nohost", "This node's name, e.g. server@127.0.0.1."],
         ["pubsub", None, None,
-         "Carry broadcasts between nodes through Redis: redis://[[user]:password@]host[:port][/db], or "
-         "rediss://...?ssl_ca_certs=CA.pem[&ssl_certfile=CERT.pem&ssl_keyfile=KEY.pem] for TLS "
-         "(default: the cluster links of --name/--connect, which then carry no broadcasts)."],
+         "Carry broadcasts between nodes through Redis instead of cluster links: a URL, "
+         "redis://[user:password@]host[:port] or rediss://... for TLS (see the docs' Redis page)."],
         ["cookie", None, None, "Cluster cookie (default: $PHOENIX_COOKIE, else ~/.twisted_phoenix.cookie)."],
         ["dist-interface", None, "127.0.0.1", "Interface for cluster links (0.0.0.0 to link across hosts)."],
         ["dist-port", None, "0", "Port for cluster links (default: any free port, found by name on this host)."],

@@ -60,7 +60,7 @@ from ..pubsub import PubSub
 from ..serializers import json_dumps
 from ._reconnect import Reconnector
 from ._redis_protocol import CommandProtocol, SubscriberProtocol
-from .interest import DEFAULT_LINGER, Interest
+from .interest import Interest
 from .redis_url import RedisConfig, parse_redis_url
 from .sequence import Incoming, Outgoing
 
@@ -86,13 +86,15 @@ class RedisAdapter(service.Service):
         this Redis.
     :param config: a ``redis://``/``rediss://`` URL or a parsed :class:`RedisConfig`.
     :param linger: seconds a topic stays subscribed after its last local
-        subscriber left (5).
+        subscriber left (default: the URL's ``linger``, else 5).
     :param ping_interval: a connection silent this long is sent a PING; one
-        silent for twice as long is dropped and reconnected (5 s).
+        silent for twice as long is dropped and reconnected (default: the
+        URL's ``ping_interval``, else 5 s).
     :param sequence_idle: seconds after which a channel not published to is
         forgotten by the sequence counters (300; see
         :class:`~twisted_phoenix.adapters.sequence.Outgoing`).
-    :param max_pending: broadcasts kept until the first connection (1000).
+    :param max_pending: broadcasts kept until the first connection (default:
+        the URL's ``max_pending``, else 1000).
     :param log_interval: seconds over which losses are summed in one log line (1).
     :param backoff: ``(initial, maximum)`` seconds between reconnection attempts.
 
@@ -126,15 +128,18 @@ class RedisAdapter(service.Service):
         pubsub: PubSub,
         config: RedisConfig | str,
         *,
-        linger: float = DEFAULT_LINGER,
-        ping_interval: float = 5.0,
+        linger: float | None = None,
+        ping_interval: float | None = None,
         sequence_idle: float = 300.0,
-        max_pending: int = 1000,
+        max_pending: int | None = None,
         log_interval: float = 1.0,
         backoff: tuple[float, float] = (0.1, 5.0),
     ) -> None:
         if isinstance(config, str):
             config = parse_redis_url(config)
+        linger = config.linger if linger is None else linger
+        ping_interval = config.ping_interval if ping_interval is None else ping_interval
+        max_pending = config.max_pending if max_pending is None else max_pending
         if ping_interval <= 0 or sequence_idle <= 0 or log_interval <= 0 or max_pending < 0:
             raise ValueError("ping_interval, sequence_idle and log_interval must be positive, max_pending not negative")
         self.reactor = reactor
@@ -178,6 +183,8 @@ class RedisAdapter(service.Service):
         self._publisher: CommandProtocol | None = None
         self._subscriber: SubscriberProtocol | None = None
         self._connections: set[Any] = set()
+        # Channels Redis confirmed on the current subscription connection.
+        self._live: set[bytes] = set()
         self._ever_ready: set[type] = set()
         self._pending: list[tuple[bytes, bytes, str | None, str]] | None = []
         self._base_subscribed = False
@@ -223,6 +230,10 @@ class RedisAdapter(service.Service):
                 "unknown_gaps", "direct_undelivered", "rejected", "disconnects", "reconnects",
             )
         }
+
+    def is_subscribed(self, topic: str) -> bool:
+        """Whether this node is subscribed to ``topic``'s channel now (Redis confirmed it on this connection)."""
+        return self.channel_for_topic(topic) in self._live
 
     def list(self) -> list[str]:
         """The other nodes on this Redis that said hello and not goodbye, sorted."""
@@ -391,6 +402,7 @@ class RedisAdapter(service.Service):
             self._incoming.unsubscribed(channel)
 
     def _subscribed(self, channel: bytes) -> None:
+        self._live.add(channel)
         self._incoming.subscribed(channel)
         if channel == self.nodes_channel and not self._base_subscribed:
             self._base_subscribed = True
@@ -399,6 +411,7 @@ class RedisAdapter(service.Service):
     def _unsubscribed(self, channel: bytes) -> None:
         # Nothing of it is delivered from now until a new subscription is
         # confirmed: a gap there is no loss.
+        self._live.discard(channel)
         self._incoming.unsubscribed(channel)
 
     # -- receiving ---------------------------------------------------------------------------
@@ -593,6 +606,7 @@ class RedisAdapter(service.Service):
         elif protocol is self._subscriber:
             self._subscriber = None
             self._base_subscribed = False
+            self._live.clear()
             self._incoming.connection_lost()
         if was_ready:
             self.disconnects += 1
@@ -628,30 +642,33 @@ class RedisAdapter(service.Service):
         if entry is None:
             entry = self._unlogged[(kind, node)] = [0, {}]
         entry[0] += count
-        if len(entry[1]) < LOG_TOPICS:
-            entry[1][topic] = None
+        topics = entry[1]
+        if topic in topics or len(topics) < LOG_TOPICS:
+            topics[topic] = topics.get(topic, 0) + count
         if self._log_call is None or not self._log_call.active():
             self._log_call = self.reactor.callLater(self.log_interval, self._flush_log)
 
     def _flush_log(self) -> None:
         unlogged, self._unlogged = self._unlogged, {}
         for (kind, node), (count, topics) in unlogged.items():
-            where = ", ".join(topics) + (", ..." if len(topics) >= LOG_TOPICS else "")
+            others = count - sum(topics.values())
+            where = ", ".join(f"{topic} {n}" for topic, n in topics.items())
+            if others:
+                where += f", other topics {others}"
             if kind == "dropped":
                 self.log.warn(
-                    "Redis not connected: {count} broadcast(s) not published (topics {topics}); "
+                    "Redis not connected: {count} broadcast(s) not published (by topic: {topics}); "
                     "publish_dropped={total}",
                     count=count, topics=where, total=self.publish_dropped,
                 )
             elif kind == "lost":
                 self.log.warn(
-                    "Lost {count} broadcast(s) from node {node} (sequence gap; topics {topics}); lost={total}",
+                    "Lost {count} broadcast(s) from node {node} (sequence gap; by topic: {topics}); lost={total}",
                     count=count, node=node, topics=where, total=self.lost,
                 )
             else:
                 self.log.warn(
                     "Broadcasts from node {node} may have been lost while the connection to Redis was down, "
-                    "in a number nobody can tell (its sequence restarted; topics {topics}); unknown_gaps={total}",
+                    "in a number nobody can tell (its sequence restarted; by topic: {topics}); unknown_gaps={total}",
                     node=node, topics=where, total=self.unknown_gaps,
                 )
-

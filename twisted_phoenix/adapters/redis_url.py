@@ -4,11 +4,12 @@ Where a node finds Redis: ``redis://`` and ``rediss://`` URLs.
 
 ::
 
-    redis://[[username]:password@]host[:port][/db][?prefix=NAME]
+    redis://[[username]:password@]host[:port][/db][?prefix=NAME&linger=5
+                                                   &ping_interval=5&max_pending=1000]
     rediss://[[username]:password@]host[:port][/db][?ssl_ca_certs=CA.pem
                                                     &ssl_certfile=CERT.pem
                                                     &ssl_keyfile=KEY.pem
-                                                    &prefix=NAME]
+                                                    &prefix=NAME&...]
 
 ``rediss://`` is Redis over TLS.  The server's certificate is checked against
 ``ssl_ca_certs`` (a PEM file; the system's trusted authorities without it)
@@ -22,11 +23,19 @@ accepted for familiarity and ignored.  ``prefix`` (default ``phx``) begins
 every channel name this adapter uses; nodes that should see each other's
 broadcasts need the same prefix, and different apps on one Redis different
 ones.
+
+The adapter's own settings may be given in the query too (see
+:class:`~twisted_phoenix.adapters.redis.RedisAdapter`): ``linger`` (seconds
+a topic stays subscribed after its last local subscriber left, 5),
+``ping_interval`` (seconds of silence before a PING; twice that and the
+connection is dropped, 5) and ``max_pending`` (broadcasts kept until the
+first connection, 1000).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 __all__ = ["DEFAULT_PORT", "DEFAULT_PREFIX", "RedisConfig", "parse_redis_url"]
@@ -34,7 +43,7 @@ __all__ = ["DEFAULT_PORT", "DEFAULT_PREFIX", "RedisConfig", "parse_redis_url"]
 DEFAULT_PORT = 6379
 DEFAULT_PREFIX = "phx"
 
-_QUERY = {"ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "prefix"}
+_QUERY = {"ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "prefix", "linger", "ping_interval", "max_pending"}
 
 
 @dataclass(frozen=True)
@@ -47,6 +56,9 @@ class RedisConfig:
         certificate (``None``: the system's).
     :ivar cert: PEM file of this node's client certificate (TLS only).
     :ivar key: PEM file of its private key.
+    :ivar linger: seconds a topic stays subscribed after its last local subscriber left.
+    :ivar ping_interval: seconds of silence after which a connection is pinged.
+    :ivar max_pending: broadcasts kept until the first connection.
     """
 
     host: str
@@ -59,6 +71,9 @@ class RedisConfig:
     cert: str | None = None
     key: str | None = None
     prefix: str = DEFAULT_PREFIX
+    linger: float = 5.0
+    ping_interval: float = 5.0
+    max_pending: int = 1000
 
     def address(self) -> str:
         """``redis://host:port`` or ``rediss://host:port``, without secrets, for logs."""
@@ -97,6 +112,16 @@ def parse_redis_url(url: str) -> RedisConfig:
     prefix = options.get("prefix", DEFAULT_PREFIX)
     if not prefix:
         raise ValueError("the prefix of a Redis URL cannot be empty")
+    numbers: dict[str, Any] = {}
+    for name, kind, low in (("linger", float, 0.0), ("ping_interval", float, 1e-9), ("max_pending", int, 0)):
+        if name in options:
+            try:
+                value = kind(options[name])
+            except ValueError:
+                value = None
+            if value is None or value != value or value < low or value == float("inf"):
+                raise ValueError(f"the Redis URL parameter {name} takes a {'positive' if low else 'non-negative'} number, not {options[name]!r}")
+            numbers[name] = value
     username = unquote(parts.username) if parts.username else None
     password = unquote(parts.password) if parts.password is not None else None
     if username is not None and password is None:
@@ -115,6 +140,7 @@ def parse_redis_url(url: str) -> RedisConfig:
         cert=options.get("ssl_certfile") or None,
         key=options.get("ssl_keyfile") or None,
         prefix=prefix,
+        **numbers,
     )
 
 
