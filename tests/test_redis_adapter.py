@@ -343,8 +343,14 @@ class AdapterHarness:
         if handshake:
             assert commands(transport.value())[0] == [b"PING"], transport.value()
             transport.clear()
-            protocol.dataReceived(b"+PONG\r\n")
+            self.feed(protocol, b"+PONG\r\n")
         return protocol, transport
+
+    def feed(self, protocol: Any, data: bytes) -> None:
+        """What Redis sends; parsed at once with hiredis, over a few reactor turns with txredisapi's own parser."""
+        protocol.dataReceived(data)
+        while any(call.getTime() <= self.clock.seconds() for call in self.clock.getDelayedCalls()):
+            self.clock.advance(0)
 
     def lose(self, protocol: Any, transport: StringTransport) -> None:
         transport.loseConnection()
@@ -414,7 +420,7 @@ class RedisAdapterTests(SynchronousTestCase):
         pub, pub_t = self.h.connect(CommandProtocol)
         self.h.pubsub.broadcast("t", "e", {})
         self.h.pubsub.broadcast("t", "e", {})
-        pub.dataReceived(b":1\r\n")
+        self.h.feed(pub, b":1\r\n")
         self.h.lose(pub, pub_t)
         self.assertEqual(self.adapter.publish_unconfirmed, 1)
 
@@ -438,11 +444,11 @@ class RedisAdapterTests(SynchronousTestCase):
         """A message from another node is dispatched locally once; this node's own are skipped."""
         self.h.subscribe_local("t")
         sub, sub_t = self.h.connect(SubscriberProtocol)
-        sub.dataReceived(resp("subscribe", "phx:t:t", 1))
+        self.h.feed(sub, resp("subscribe", "phx:t:t", 1))
         own = message("a@host", self.adapter.incarnation, 1, 1, "t", "e", {"own": True})
         other = message("b@host", "inc-b", 1, 1, "t", "e", {"x": 1})
         binary = message("b@host", "inc-b", 1, 2, "t", "bin", b"\x01\x02")
-        sub.dataReceived(resp("message", "phx:t:t", own) + resp("message", "phx:t:t", other) + resp("message", "phx:t:t", binary))
+        self.h.feed(sub, resp("message", "phx:t:t", own) + resp("message", "phx:t:t", other) + resp("message", "phx:t:t", binary))
         self.assertEqual(self.h.received, [Broadcast("t", "e", {"x": 1}), Broadcast("t", "bin", b"\x01\x02")])
         self.assertEqual(self.adapter.received, 2)
         self.assertEqual(self.h.up, ["b@host"])  # first heard of
@@ -452,7 +458,7 @@ class RedisAdapterTests(SynchronousTestCase):
         pub, pub_t = self.h.connect(CommandProtocol)
         self.assertTrue(self.h.pubsub.direct_broadcast("b@host", "t", "e", {"k": 1}))
         self.assertEqual(commands(pub_t.value())[0][:2], [b"PUBLISH", b"phx:n:b@host"])
-        pub.dataReceived(b":0\r\n")
+        self.h.feed(pub, b":0\r\n")
         self.assertEqual(self.adapter.direct_undelivered, 1)
         self.assertEqual(len(self.logs.find("Direct broadcast to b@host on t reached no one", LogLevel.warn)), 1)
 
@@ -460,9 +466,9 @@ class RedisAdapterTests(SynchronousTestCase):
         """A sequence gap is counted and logged (summed per interval), never silent."""
         self.h.subscribe_local("t")
         sub, sub_t = self.h.connect(SubscriberProtocol)
-        sub.dataReceived(resp("subscribe", "phx:t:t", 1))
+        self.h.feed(sub, resp("subscribe", "phx:t:t", 1))
         for seq in (1, 2, 6, 7, 9):
-            sub.dataReceived(resp("message", "phx:t:t", message("b@host", "i", 1, seq, "t", "e", {"seq": seq})))
+            self.h.feed(sub, resp("message", "phx:t:t", message("b@host", "i", 1, seq, "t", "e", {"seq": seq})))
         self.assertEqual((self.adapter.lost, self.adapter.gaps), (4, 2))
         self.assertEqual(len(self.h.received), 5)
         self.h.clock.advance(1.0)
@@ -478,7 +484,7 @@ class RedisAdapterTests(SynchronousTestCase):
             topic = f"t{n}"
             channel = f"phx:t:{topic}"
             for seq in (1, 3):
-                sub.dataReceived(resp("message", channel, message("b@host", "i", 1, seq, topic, "e", {})))
+                self.h.feed(sub, resp("message", channel, message("b@host", "i", 1, seq, topic, "e", {})))
         self.h.clock.advance(1.0)
         (line,) = self.logs.find("Lost 7 broadcast(s) from node b@host")
         self.assertIn("by topic: t0 1, t1 1, t2 1, t3 1, t4 1, other topics 2); lost=7", line)
@@ -487,15 +493,15 @@ class RedisAdapterTests(SynchronousTestCase):
         """After a lost connection everything is subscribed again; a gap across it is counted."""
         self.h.subscribe_local("t")
         pub, pub_t, sub, sub_t = self.connect_both()
-        sub.dataReceived(resp("subscribe", "phx:n:a@host", 1) + resp("subscribe", "phx:nodes", 2) + resp("subscribe", "phx:t:t", 3))
-        sub.dataReceived(resp("message", "phx:t:t", message("b@host", "i", 1, 1, "t", "e", {})))
+        self.h.feed(sub, resp("subscribe", "phx:n:a@host", 1) + resp("subscribe", "phx:nodes", 2) + resp("subscribe", "phx:t:t", 3))
+        self.h.feed(sub, resp("message", "phx:t:t", message("b@host", "i", 1, 1, "t", "e", {})))
         self.h.lose(sub, sub_t)
         self.assertFalse(self.adapter.connected)
         sub2, sub2_t = self.h.connect(SubscriberProtocol)
         self.assertEqual(commands(sub2_t.value()), [[b"SUBSCRIBE", b"phx:n:a@host", b"phx:nodes", b"phx:t:t"]])
         self.assertTrue(self.adapter.connected)
-        sub2.dataReceived(resp("subscribe", "phx:t:t", 1))
-        sub2.dataReceived(resp("message", "phx:t:t", message("b@host", "i", 1, 5, "t", "e", {})))
+        self.h.feed(sub2, resp("subscribe", "phx:t:t", 1))
+        self.h.feed(sub2, resp("message", "phx:t:t", message("b@host", "i", 1, 5, "t", "e", {})))
         self.assertEqual((self.adapter.lost, self.adapter.reconnects, self.adapter.disconnects), (3, 1, 1))
         self.assertEqual(len(self.logs.find("reconnected to Redis", LogLevel.warn)), 1)
 
@@ -513,28 +519,28 @@ class RedisAdapterTests(SynchronousTestCase):
         """Once subscribed, a node says hello; a hello heard is a node up, answered directly."""
         pub, pub_t, sub, sub_t = self.connect_both()
         self.assertEqual(pub_t.value(), b"")
-        sub.dataReceived(resp("subscribe", "phx:n:a@host", 1) + resp("subscribe", "phx:nodes", 2))
+        self.h.feed(sub, resp("subscribe", "phx:n:a@host", 1) + resp("subscribe", "phx:nodes", 2))
         (hello,) = commands(pub_t.value())
         self.assertEqual(hello[1], b"phx:nodes")
         self.assertEqual(orjson.loads(hello[2].split(b"\n")[0])[5:7], [None, "hello"])
         pub_t.clear()
-        sub.dataReceived(resp("message", "phx:nodes", message("b@host", "ib", 0, 0, None, "hello", None)))
+        self.h.feed(sub, resp("message", "phx:nodes", message("b@host", "ib", 0, 0, None, "hello", None)))
         self.assertEqual(self.h.up, ["b@host"])
         self.assertEqual(self.adapter.list(), ["b@host"])
         (ack,) = commands(pub_t.value())
         self.assertEqual((ack[1], orjson.loads(ack[2].split(b"\n")[0])[6]), (b"phx:n:b@host", "hello_ack"))
         # Its hello again (it reconnected): up again.  Its goodbye: gone.
-        sub.dataReceived(resp("message", "phx:nodes", message("b@host", "ib", 0, 0, None, "hello", None)))
+        self.h.feed(sub, resp("message", "phx:nodes", message("b@host", "ib", 0, 0, None, "hello", None)))
         self.assertEqual(self.h.up, ["b@host", "b@host"])
-        sub.dataReceived(resp("message", "phx:nodes", message("b@host", "ib", 0, 0, None, "bye", None)))
+        self.h.feed(sub, resp("message", "phx:nodes", message("b@host", "ib", 0, 0, None, "bye", None)))
         self.assertEqual(self.adapter.list(), [])
 
     def test_rejected(self) -> None:
         """Garbage on a channel is counted and logged, and the connection keeps reading."""
         self.h.subscribe_local("t")
         sub, sub_t = self.h.connect(SubscriberProtocol)
-        sub.dataReceived(resp("message", "phx:t:t", b"hello") + resp("message", "phx:t:t", message("b", "i", 1, 1, "t", "e", [1])))
-        sub.dataReceived(resp("message", "phx:t:t", message("b", "i", 1, 2, "t", "e", {"ok": 1})))
+        self.h.feed(sub, resp("message", "phx:t:t", b"hello") + resp("message", "phx:t:t", message("b", "i", 1, 1, "t", "e", [1])))
+        self.h.feed(sub, resp("message", "phx:t:t", message("b", "i", 1, 2, "t", "e", {"ok": 1})))
         self.assertEqual(self.adapter.rejected, 2)
         self.assertEqual(self.h.received, [Broadcast("t", "e", {"ok": 1})])
         self.assertEqual(len(self.logs.find("Ignored a message on Redis channel phx:t:t", LogLevel.error)), 2)
@@ -543,7 +549,7 @@ class RedisAdapterTests(SynchronousTestCase):
         """A local subscriber that raises does not break the Redis connection."""
         self.h.pubsub.subscribe("t", CallbackSubscriber(lambda m: 1 / 0))
         sub, sub_t = self.h.connect(SubscriberProtocol)
-        sub.dataReceived(resp("message", "phx:t:t", message("b", "i", 1, 1, "t", "e", {})) * 2)
+        self.h.feed(sub, resp("message", "phx:t:t", message("b", "i", 1, 1, "t", "e", {})) * 2)
         self.assertEqual(self.adapter.received, 2)
         self.assertTrue(sub_t.connected)
         self.flushLoggedErrors(ZeroDivisionError)
@@ -557,7 +563,7 @@ class RedisAdapterTests(SynchronousTestCase):
         sub_t.clear()
         h.clock.advance(5.0)
         self.assertEqual(commands(sub_t.value()), [[b"PING"]])
-        sub.dataReceived(resp("pong", ""))
+        h.feed(sub, resp("pong", ""))
         h.clock.advance(5.0)
         self.assertFalse(sub_t.disconnecting)
         h.clock.advance(5.0)
@@ -573,8 +579,8 @@ class RedisAdapterTests(SynchronousTestCase):
         self.assertEqual(commands(pub_t.value()), [[b"AUTH", b"app", b"pw"]])
         sub_t.clear()
         pub_t.clear()
-        sub.dataReceived(b"+OK\r\n")
-        pub.dataReceived(b"+OK\r\n")
+        h.feed(sub, b"+OK\r\n")
+        h.feed(pub, b"+OK\r\n")
         self.assertEqual(commands(sub_t.value())[0][0], b"SUBSCRIBE")
         self.assertEqual(commands(pub_t.value())[0][:2], [b"PUBLISH", b"phx:t:t"])
 
@@ -582,7 +588,7 @@ class RedisAdapterTests(SynchronousTestCase):
         """A refused AUTH is logged as an error and the connection closed (to be retried)."""
         h = AdapterHarness(self, url="redis://:wrong@127.0.0.1:6379")
         sub, sub_t = h.connect(SubscriberProtocol, handshake=False)
-        sub.dataReceived(b"-WRONGPASS invalid username-password pair\r\n")
+        h.feed(sub, b"-WRONGPASS invalid username-password pair\r\n")
         self.assertTrue(sub_t.disconnecting)
         self.assertFalse(h.adapter.connected)
         self.assertEqual(len(self.logs.find("refused our AUTH", LogLevel.error)), 1)
