@@ -726,3 +726,14 @@ class RedisURLSettingsTests(SynchronousTestCase):
         for query in ("linger=-1", "linger=x", "ping_interval=0", "max_pending=1.5", "max_pending=-2", "linger=nan", "linger=inf"):
             with self.assertRaises(ValueError, msg=query):
                 parse_redis_url(f"redis://h?{query}")
+
+
+class EncodeCommandTests(SynchronousTestCase):
+    """Commands are written in RESP."""
+
+    def test_encode(self) -> None:
+        """An array of bulk strings, binary-safe."""
+        from twisted_phoenix.adapters._redis_protocol import encode_command
+
+        self.assertEqual(encode_command((b"PUBLISH", b"ch", b"a\r\nb\x00")), b"*3\r\n$7\r\nPUBLISH\r\n$2\r\nch\r\n$5\r\na\r\nb\x00\r\n")
+        self.assertEqual(commands(encode_command((b"PING",))), [[b"PING"]])

@@ -3,7 +3,7 @@
 The two Redis connections of :class:`~twisted_phoenix.adapters.redis.RedisAdapter`,
 on txredisapi's protocol (its RESP parser, with hiredis when installed).
 
-Only the parser and the command encoder are txredisapi's.  Its connection
+Only the parser is txredisapi's.  Its connection
 handling is not used: it reaches for the global reactor, and its subscriber
 protocol hands subscribe confirmations to whichever command waits for a
 reply.  Here the adapter owns the connections (a
@@ -27,7 +27,17 @@ from typing import Any, Callable
 
 import txredisapi
 
-__all__ = ["CommandProtocol", "SubscriberProtocol"]
+__all__ = ["CommandProtocol", "SubscriberProtocol", "encode_command"]
+
+
+def encode_command(args: tuple[bytes, ...]) -> bytes:
+    """A command in RESP: an array of bulk strings (txredisapi's encoder, minus its per-byte work)."""
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        parts.append(b"$%d\r\n" % len(arg))
+        parts.append(arg)
+        parts.append(b"\r\n")
+    return b"".join(parts)
 
 
 class _Base(txredisapi.RedisProtocol):  # type: ignore[misc]
@@ -66,9 +76,14 @@ class _Base(txredisapi.RedisProtocol):  # type: ignore[misc]
             if self.factory is not None:
                 self.factory.lost(self)  # the Reconnector: retry
 
-    def send(self, *args: Any) -> None:
-        """Write one command."""
-        self.transport.write(self._build_command(*args))
+    def tryConvertData(self, data: Any) -> Any:
+        # Replies stay as Redis sent them: bytes, ints, lists (txredisapi
+        # would walk every reply to decode nothing, as configured).
+        return data
+
+    def send(self, *args: bytes) -> None:
+        """Write one command (its arguments are bytes)."""
+        self.transport.write(encode_command(args))
 
 
 class CommandProtocol(_Base):
@@ -80,7 +95,7 @@ class CommandProtocol(_Base):
 
     def command(self, callback: Callable[[Any], Any] | None, *args: Any) -> None:
         """Send a command; ``callback`` gets its reply (a ``ResponseError`` for an error)."""
-        self.transport.write(self._build_command(*args))
+        self.transport.write(encode_command(args))
         self._callbacks.append(callback)
 
     @property

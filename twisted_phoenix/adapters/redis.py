@@ -523,9 +523,9 @@ class RedisAdapter(service.Service):
         if config.password is None:
             first: list[Any] = [b"PING"]
         elif config.username is None:
-            first = [b"AUTH", config.password]
+            first = [b"AUTH", config.password.encode()]
         else:
-            first = [b"AUTH", config.username, config.password]
+            first = [b"AUTH", config.username.encode(), config.password.encode()]
         if isinstance(protocol, CommandProtocol):
             protocol.command(lambda reply: self._authenticated(protocol, reply), *first)
         else:
