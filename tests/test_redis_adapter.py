@@ -11,12 +11,11 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
-from twisted.internet.testing import MemoryReactorClock
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
-from twisted.internet.error import ConnectionDone
 from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_phoenix.adapters._redis_protocol import CommandProtocol, SubscriberProtocol
@@ -401,6 +400,15 @@ class RedisAdapterTests(SynchronousTestCase):
         self.assertEqual(sent, [{"n": 0}, {"n": 1}])
         self.assertEqual(h.adapter.published, 2)
 
+    def test_pending_dropped_at_stop(self) -> None:
+        """A node that stops before it ever connected counts and logs what waited."""
+        h = AdapterHarness(self)
+        h.adapter.startService()
+        h.pubsub.broadcast("t", "e", {})
+        self.successResultOf(h.adapter.stopService())
+        self.assertEqual(h.adapter.publish_dropped, 1)
+        self.assertEqual(len(self.logs.find("1 broadcast(s) not published (by topic: t 1)", LogLevel.warn)), 1)
+
     def test_dropped_while_disconnected(self) -> None:
         """After a lost connection broadcasts are dropped, counted and logged once per interval."""
         pub, pub_t = self.h.connect(CommandProtocol)
@@ -423,6 +431,7 @@ class RedisAdapterTests(SynchronousTestCase):
         self.h.feed(pub, b":1\r\n")
         self.h.lose(pub, pub_t)
         self.assertEqual(self.adapter.publish_unconfirmed, 1)
+        self.assertEqual(len(self.logs.find("(1 broadcast(s) sent but not acknowledged: publish_unconfirmed=1)", LogLevel.warn)), 1)
 
     def test_subscriptions(self) -> None:
         """Subscribed: its own channel, the nodes channel, then each topic with local subscribers, by interest."""

@@ -20,7 +20,6 @@ import shutil
 import tempfile
 from typing import Any, Callable
 
-import orjson
 from twisted.internet import defer, reactor
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.trial.unittest import TestCase
@@ -28,7 +27,7 @@ from twisted.trial.unittest import TestCase
 from ._client import Client, connect
 from ._cluster import COOKIE, ClusterPKI, free_port
 from ._redis import RedisServer
-from ._server import ChildFailed, ServerProcess, start_server
+from ._server import ServerProcess, start_server
 
 #: Bound on any one wait.
 TIMEOUT = 25.0

@@ -279,6 +279,11 @@ class RedisAdapter(service.Service):
             if loop.running:
                 loop.stop()
         self.interest.stop()
+        pending, self._pending = self._pending, None
+        for _, _, node, topic in pending or ():
+            # Never connected: what waited is dropped, and said so.
+            self.publish_dropped += 1
+            self._note("dropped", node or "", topic, 1)
         if self._log_call is not None and self._log_call.active():
             self._log_call.cancel()
         self._flush_log()
@@ -600,9 +605,11 @@ class RedisAdapter(service.Service):
             self._cannot_connect(Failure(error))
             return
         was_ready = protocol is self._publisher or protocol is self._subscriber
+        unconfirmed = 0
         if protocol is self._publisher:
             self._publisher = None
-            self.publish_unconfirmed += protocol.waiting
+            unconfirmed = protocol.waiting
+            self.publish_unconfirmed += unconfirmed
         elif protocol is self._subscriber:
             self._subscriber = None
             self._base_subscribed = False
@@ -613,10 +620,14 @@ class RedisAdapter(service.Service):
         if was_ready and not self._stopping:
             self.log.warn(
                 "Lost the connection to Redis at {address} ({what}): {reason}; reconnecting, "
-                "broadcasts are dropped and counted meanwhile",
+                "broadcasts are dropped and counted meanwhile{unconfirmed}",
                 address=self.config.address(),
                 what="publishing" if isinstance(protocol, CommandProtocol) else "subscribed",
                 reason=reason.getErrorMessage() if reason is not None else "closed",
+                unconfirmed=(
+                    f" ({unconfirmed} broadcast(s) sent but not acknowledged: publish_unconfirmed="
+                    f"{self.publish_unconfirmed})" if unconfirmed else ""
+                ),
             )
 
     def _keepalive(self) -> None:
