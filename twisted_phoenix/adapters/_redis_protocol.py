@@ -3,12 +3,11 @@
 The two Redis connections of :class:`~twisted_phoenix.adapters.redis.RedisAdapter`,
 on txredisapi's protocol (its RESP parser, with hiredis when installed).
 
-Only the parser is txredisapi's.  Its connection
-handling is not used: it reaches for the global reactor, and its subscriber
-protocol hands subscribe confirmations to whichever command waits for a
-reply.  Here the adapter owns the connections (a
-:class:`~twisted_phoenix.adapters._reconnect.Reconnector` each, on its own
-reactor) and each protocol hands every reply to it:
+Only the parser is txredisapi's.  Its connection handling is not used: it
+reaches for the global reactor, and its subscriber protocol hands subscribe
+confirmations to whichever command waits for a reply.  Here the adapter owns
+the connections (a :class:`~twisted_phoenix.adapters._reconnect.Reconnector`
+each, on its own reactor) and each protocol hands every reply to it:
 
 * :class:`CommandProtocol` (``PUBLISH``, ``AUTH``, ``PING``): replies come
   back in order, each to the callback given with its command.
@@ -18,6 +17,11 @@ reactor) and each protocol hands every reply to it:
   subscription is live.
 
 Both record when they last received anything, for the adapter's keepalive.
+
+Importing txredisapi imports ``twisted.internet.reactor``, which installs the
+default reactor if none is installed yet: a program that wants another
+reactor installs it before importing :mod:`twisted_phoenix.adapters.redis`
+(``twistd`` does; ``twistd phoenix`` imports it only in ``makeService``).
 """
 
 from __future__ import annotations
