@@ -49,7 +49,15 @@ setup(
             "pip>=22.3",
             # tests/test_docs.py builds the documentation.
             "sphinx",
+            # tests/test_redis_*.py: the Redis adapter (they also need a
+            # redis-server; Debian: redis-server).
+            "txredisapi>=1.6",
+            "hiredis>=2",
         ],
+        # twistd phoenix --pubsub redis://...: the Redis PubSub adapter
+        # (twisted_phoenix.adapters.redis).  hiredis is txredisapi's fast
+        # parser; without it txredisapi parses in Python, ~10x slower.
+        "redis": ["txredisapi>=1.6", "hiredis>=2"],
         "docs": ["sphinx"],
         # The benchmarks' peers, profiler and plot (python -m benchmarks all;
         # benchmarks/README.rst).  Never needed by the package itself; the

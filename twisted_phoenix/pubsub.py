@@ -11,7 +11,9 @@ without waking the channel.  Every other subscriber gets the
 :class:`~twisted_phoenix.message.Broadcast` through ``handle_broadcast``.
 
 Moving broadcasts between the nodes of a cluster is the job of an *adapter*
-(see :class:`Adapter`); the dispatch on each node is done here.
+(see :class:`Adapter`); the dispatch on each node is done here.  An adapter
+that routes by interest (see :class:`InterestAdapter`) is told when a topic
+gains its first local subscriber and loses its last one.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from ._log import RateLimitedLog, truncate_repr
 from .message import Broadcast
 from .serializers import Frame, Serializer
 
-__all__ = ["Adapter", "Connection", "PubSub", "Subscriber", "CallbackSubscriber"]
+__all__ = ["Adapter", "Connection", "InterestAdapter", "PubSub", "Subscriber", "CallbackSubscriber"]
 
 
 class Connection(Protocol):
@@ -68,6 +70,21 @@ class Adapter(Protocol):
 
     def direct_broadcast(self, node: str, broadcast: Broadcast) -> bool:
         """Ship ``broadcast`` to ``node`` only; ``False`` if it is not connected."""
+
+
+class InterestAdapter(Adapter, Protocol):
+    """
+    An adapter that only brings a node the topics it has subscribers for.
+
+    Both methods are optional: :class:`PubSub` calls each one the adapter
+    has, and an adapter without them (the PB mesh) gets every broadcast.
+    """
+
+    def topic_subscribed(self, topic: str) -> None:
+        """``topic`` has its first subscriber on this node."""
+
+    def topic_unsubscribed(self, topic: str) -> None:
+        """``topic`` has lost its last subscriber on this node."""
 
 
 class CallbackSubscriber:
@@ -124,7 +141,14 @@ class PubSub:
 
     def subscribe(self, topic: str, subscriber: Subscriber) -> None:
         """Subscribe ``subscriber`` to ``topic``."""
-        self._topics.setdefault(topic, {})[subscriber] = None
+        subscribers = self._topics.get(topic)
+        if subscribers is None:
+            subscribers = self._topics[topic] = {}
+            subscribers[subscriber] = None
+            self._snapshots.pop(topic, None)
+            self._tell_adapter("topic_subscribed", topic)
+            return
+        subscribers[subscriber] = None
         self._snapshots.pop(topic, None)
 
     def unsubscribe(self, topic: str, subscriber: Subscriber) -> None:
@@ -134,6 +158,20 @@ class PubSub:
             self._snapshots.pop(topic, None)
             if not subscribers:
                 del self._topics[topic]
+                self._tell_adapter("topic_unsubscribed", topic)
+
+    def topics(self) -> list[str]:
+        """The topics that have subscribers on this node."""
+        return list(self._topics)
+
+    def _tell_adapter(self, hook: str, topic: str) -> None:
+        # Only on a topic's first and last subscriber: never on the broadcast path.
+        method = getattr(self.adapter, hook, None)
+        if method is not None:
+            try:
+                method(topic)
+            except Exception:
+                self.log.failure("PubSub adapter failed in {hook}({topic!r})", hook=hook, topic=topic)
 
     def subscribers(self, topic: str) -> tuple[Subscriber, ...]:
         """The subscribers of ``topic``, in subscription order."""

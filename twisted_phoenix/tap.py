@@ -9,6 +9,7 @@ The ``twistd phoenix`` plugin: options and service.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import ipaddress
 import os
 import re
@@ -182,8 +183,8 @@ def load_endpoint_class(spec: str) -> type[Endpoint]:
 
 #: The order ``twistd phoenix --help`` lists its options in.
 _OPTION_ORDER = [
-    "port", "endpoint", "listen", "static", "host", "env", "secret-key-base", "name", "connect", "cookie",
-    "dist-interface", "dist-port", "dist-cert", "dist-key", "dist-ca", "dist-plaintext",
+    "port", "endpoint", "listen", "static", "host", "env", "secret-key-base", "name", "connect", "pubsub",
+    "cookie", "dist-interface", "dist-port", "dist-cert", "dist-key", "dist-ca", "dist-plaintext",
     "dist-login-timeout", "dist-max-pending", "epmd-port",
     "heartbeat-interval", "heartbeat-timeout", "no-http", "backlog",
     *[option for option, _, _, _ in ENDPOINT_LIMITS],
@@ -218,6 +219,9 @@ class Options(usage.Options):
         ["env", None, None, "dev, test or prod (default: $PHOENIX_ENV, else dev). prod requires a secret."],
         ["secret-key-base", None, None, "Secret for signing tokens (default: $SECRET_KEY_BASE)."],
         ["name", None, "nonode@nohost", "This node's name, e.g. server@127.0.0.1."],
+        ["pubsub", None, None,
+         "Carry broadcasts between nodes through Redis instead of cluster links: a URL, "
+         "redis://[user:password@]host[:port] or rediss://... for TLS (see the docs' Redis page)."],
         ["cookie", None, None, "Cluster cookie (default: $PHOENIX_COOKIE, else ~/.twisted_phoenix.cookie)."],
         ["dist-interface", None, "127.0.0.1", "Interface for cluster links (0.0.0.0 to link across hosts)."],
         ["dist-port", None, "0", "Port for cluster links (default: any free port, found by name on this host)."],
@@ -355,10 +359,16 @@ class Options(usage.Options):
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
         self["cluster"] = self["name"] != NO_NODE
+        self["redis"] = _redis_option(self["pubsub"])
         if self["cluster"]:
             self._cluster_options()
-        elif self["connect"] or self["no-http"]:
-            raise usage.UsageError("--connect and --no-http need --name (a node name)")
+        elif self["connect"]:
+            raise usage.UsageError("--connect needs --name (a node name)")
+        elif self["redis"] is None and self["no-http"]:
+            raise usage.UsageError("--no-http needs --name (a node name) or --pubsub")
+        elif self["redis"] is not None:
+            # Nodes on Redis need names to be told apart; no cluster links.
+            self["name"] = generated_node_name()
 
     def _cluster_options(self) -> None:
         try:
@@ -403,6 +413,37 @@ def _with_presence_options(endpoint_class: type[Endpoint], overrides: dict[str, 
     except (TypeError, ValueError) as e:
         raise usage.UsageError(f"presence options: {e}") from None
     return type(endpoint_class.__name__, (endpoint_class,), {"presence_options": merged, "__module__": endpoint_class.__module__})
+
+
+def generated_node_name() -> str:
+    """A unique node name, for a node on Redis started without ``--name``."""
+    import secrets
+    import socket
+
+    host = socket.gethostname()
+    try:
+        parse_node_name(f"n@{host}")
+    except ValueError:
+        host = "localhost"
+    return f"phoenix-{secrets.token_hex(4)}@{host}"
+
+
+def _redis_option(url: str | None) -> Any:
+    """``--pubsub``: ``None``, or the parsed Redis URL (the client must be installed)."""
+    if url is None:
+        return None
+    from .adapters.redis_url import parse_redis_url
+
+    try:
+        config = parse_redis_url(url)
+    except ValueError as e:
+        raise usage.UsageError(f"--pubsub: {e}") from None
+    if importlib.util.find_spec("txredisapi") is None:
+        raise usage.UsageError("--pubsub redis:// needs txredisapi: pip install 'twisted_phoenix[redis]'")
+    for path in (config.ca, config.cert, config.key):
+        if path is not None and not os.path.isfile(path):
+            raise usage.UsageError(f"--pubsub: no such file: {path}")
+    return config
 
 
 class ListeningService(service.Service):
@@ -575,6 +616,14 @@ def makeService(options: Options) -> service.IService:
             connect=options["connect"],
         )
         NodeService(reactor, node).setServiceParent(top)
+    if options["redis"] is not None:
+        # Broadcasts, direct broadcasts and presence go through Redis only;
+        # cluster links, if any, still serve Node.list and the console.
+        # Created after the Node, it takes over as the PubSub's adapter; it
+        # stops after the endpoint, so that presence's goodbye goes out.
+        from .adapters.redis import RedisAdapter
+
+        RedisAdapter(reactor, pubsub, options["redis"]).setServiceParent(top)
     EndpointService(endpoint).setServiceParent(top)
     if not options["no-http"]:
         site = endpoint.site()
