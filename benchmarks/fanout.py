@@ -299,7 +299,8 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
 def memory_breakdown(ws: _cli.Run, args: argparse.Namespace, spec: Spec) -> None:
     """One more run with tracemalloc on from the baseline to the loaded RSS reading."""
     r = measure(ws, args, spec, 0, memtrace=True)
-    print(f"tracemalloc, {spec.label} ({r.settings}): what {r.joined:,} joined clients allocated "
+    settings = f" ({r.settings})" if spec.kind == "phoenix" else ""
+    print(f"tracemalloc, {spec.label}{settings}: what {r.joined:,} joined clients allocated "
           f"(per connection; RSS under tracemalloc {r.kib_per_connection or 0:.1f} KiB/conn):")
     shown = 0
     rows = []

@@ -239,7 +239,8 @@ def print_run(r: Result) -> None:
                 else f"{f['rejoined']:,} of {f['joined_before']:,} rejoined, {f['not_rejoined']:,} did not")
     memory = (f"RSS {_report.mib(s['rss_before_kib'])} before the restart, the new server's peak "
               f"{_report.mib(s['rss_peak_kib'])}")
-    print(f"  run {r.run} {r.server}: restarted in {f['restart_seconds']:.2f} s; {rejoined}; "
+    print(f"  run {r.run} {r.server}: restarted in {f['restart_seconds']:.2f} s; the clients saw "
+          f"{_report.counts(f['closes'])}; {rejoined}; "
           f"{f['attempts']:,} reconnect attempts (at most {f['max_attempts']} by one client), failed: "
           f"{_report.counts(f['attempt_failures'])}; join failures: {_report.counts(f['join_failures'])}; "
           f"canary down for {_report.ms(r.canary['max_gap_ms'])}, after rejoining "

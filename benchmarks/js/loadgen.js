@@ -1566,6 +1566,8 @@ function floodMode(argv) {
         const payload = message[4] || {};
         if (payload.status === 'ok') ok += 1;
         else bump(replies, `${payload.status} ${JSON.stringify(payload.response || {}).slice(0, 60)}`);
+      } else if (event === o.event && message[1] !== null) {
+        ok += 1; // a floor or a peer echoes the push as its answer
       } else {
         bump(pushes, `${event} ${JSON.stringify(message[4] || {}).slice(0, 60)}`);
       }
