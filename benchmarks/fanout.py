@@ -193,6 +193,7 @@ def measure(run: _cli.Run, args: argparse.Namespace, spec: Spec, n: int,
             settings=server.settings,
             extra={"closed_early": sum(d["closed_early"] for d in dones),
                    "close_codes": _report.merge_counts(*(d["close_codes"] for d in dones)),
+                   "server_errors": _report.merge_counts(*(d["server_errors"] for d in dones)),
                    "memtrace": memtrace_lines, "command": server.command_line},
         )
     finally:
@@ -205,6 +206,8 @@ def print_run(r: Result) -> None:
     missing = f", MISSING {r.missing:,}" if r.missing else ""
     closed = f", {r.extra['closed_early']} closed early ({_report.counts(r.extra['close_codes'])})" \
         if r.extra.get("closed_early") else ""
+    if r.extra.get("server_errors"):
+        closed += f", error replies: {_report.counts(r.extra['server_errors'])}"
     memory = (f"{r.kib_per_connection:.1f} KiB/conn (RSS {_report.mib(r.rss_baseline_kib)} -> "
               f"{_report.mib(r.rss_loaded_kib)}, peak {_report.mib(r.hwm_after_kib)})"
               if r.kib_per_connection is not None else "memory n/a")
