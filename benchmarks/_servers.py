@@ -146,6 +146,7 @@ class Server:
     pid: int | None = None  # the process to sample (the listening one, for an external server)
     command_line: str = ""
     timeout: float = 60.0
+    terminated: bool = False  # SIGTERM sent by terminate(); stop() then only waits
 
     @property
     def label(self) -> str:
@@ -237,10 +238,19 @@ class Server:
         self.pid = self.child.pid if not shell else pid_listening_on(self.port)
         return self
 
+    def terminate(self) -> None:
+        """Send SIGTERM without waiting (to end several servers at once; then :meth:`stop` each)."""
+        if self.child is not None:
+            self.child.signal(signal.SIGTERM)
+            self.terminated = True
+
     def stop(self) -> None:
         """SIGTERM (twistd shuts down cleanly), then SIGKILL after 10 s."""
         if self.child is not None:
-            self.child.stop(signum=signal.SIGTERM)
+            if self.terminated:
+                self.child.stop(quit_line=None)
+            else:
+                self.child.stop(signum=signal.SIGTERM)
         if self.redis is not None:
             self.redis.kill()
             self.redis = None
@@ -254,6 +264,7 @@ class Server:
         if self.child is None:
             raise BenchmarkError(f"{self.label}: a server given only by its port cannot be restarted")
         self.child.stop(signum=signum)
+        self.terminated = False
         self.start()
         return time.time()
 

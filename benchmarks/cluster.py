@@ -170,8 +170,7 @@ class Topology:
 
     def stop(self) -> None:
         for node in self.nodes.values():
-            if node.child is not None:
-                node.child.signal(15)  # every node at once: each says goodbye to its peers
+            node.terminate()  # every node at once: each says goodbye to its peers
         for node in self.nodes.values():
             node.stop()
 

@@ -158,8 +158,7 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             g.stop()
         finally:
             for node in nodes.values():
-                if node.child is not None:
-                    node.child.signal(15)
+                node.terminate()  # both at once: each says goodbye to the other
             for node in nodes.values():
                 node.stop()
         print()

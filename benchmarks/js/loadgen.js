@@ -1679,7 +1679,16 @@ function soakMode(argv) {
       if (!c.stopped) error(`subscriber ${info.wasOpen ? closeReason(info) : reasonOf(info.error)}`);
     },
   };
-  const senderHooks = { ...subscriberHooks, delivery: NOOP };
+  const senderHooks = {
+    ...subscriberHooks,
+    delivery: NOOP,
+    joinFailed(c, topic, why) { error(`sender ${why}`); },
+    heartbeatTimeout() { error('sender heartbeat timeout'); },
+    close(c, info) {
+      c.data.joinedAt = 0;
+      if (!c.stopped) error(`sender ${info.wasOpen ? closeReason(info) : reasonOf(info.error)}`);
+    },
+  };
 
   o.url.forEach((url, node) => {
     for (let i = 0; i < o.subscribers; i++) {
