@@ -319,7 +319,9 @@ def print_run(r: Result) -> None:
         f"  run {r.run} {r.workload:15s} {_report.rate(r.rate):>10s} deliveries/s "
         f"({r.deliveries:,} in {r.seconds:.2f} s{missing}); node CPU {cpu}; "
         f"generator CPU {r.generator_cpu_seconds:.2f} s ({100 * r.generator_busy:.0f}%); "
-        f"cores used {r.cores_used:.2f}; connect {r.connect_seconds:.1f} s; {r.delivery_bytes} B/delivery{lat}",
+        f"cores used {r.cores_used:.2f}; connect {r.connect_seconds:.1f} s; {r.delivery_bytes} B/delivery{lat}"
+        + (f"; {r.extra['closed_early']} closed early: {_report.counts(r.extra['close_codes'])}"
+           if r.extra.get("closed_early") else ""),
         flush=True,
     )
 

@@ -262,6 +262,7 @@ def measure_sweep(opts: Options, running: Running, run: int, clients: int, hook:
         ops=done["deliveries"],
         generator_busy=_busy(done, "last_at"),
         extra={
+            "trouble": trouble(ready, done),
             "joined": ready["joined"], "broadcasts": broadcasts, "deliveries": done["deliveries"],
             "cut": done["cut"], "missing": 0 if done["cut"] else done["missing"],
             "expected": done["expected"], "closed_early": done["closed_early"],
@@ -294,6 +295,7 @@ def measure_roundtrip(opts: Options, running: Running, run: int, hook: Hook | No
         ops=done["replies"],
         generator_busy=_busy(done),
         extra={
+            "trouble": trouble(ready, done),
             "joined": ready["joined"], "replies": done["replies"], "p50_ms": done["p50_ms"],
             "p90_ms": done["p90_ms"], "p99_ms": done["p99_ms"], "max_ms": done["max_ms"],
             "mean_ms": done["mean_ms"], "outstanding": done["outstanding"], "redis_cpu": rcpu,
@@ -358,6 +360,7 @@ def measure_joinstorm(opts: Options, running: Running, run: int, hook: Hook | No
         ops=done["replies"],
         generator_busy=_busy(done),
         extra={
+            "trouble": trouble(ready, done),
             "connected": ready["connected"], "joins": done["replies"], "missing": done["missing"],
             "seconds": seconds, "connect_seconds": ready["connect_seconds"], "redis_cpu": rcpu,
             "first_reply_ms": (done["first_reply_at"] - done["trigger_at"]) if done["first_reply_at"] else None,
@@ -374,10 +377,25 @@ MEASURES = {
 }
 
 
+def trouble(ready: dict[str, Any], done: dict[str, Any]) -> str:
+    """Connections that failed or closed, and error replies: "" when there were none."""
+    parts = []
+    failures = _report.merge_counts(ready.get("failures"), done.get("failures"))
+    if failures:
+        parts.append(f"failed to connect or join: {_report.counts(failures)}")
+    if done.get("closed_early"):
+        parts.append(f"{done['closed_early']} closed early: {_report.counts(done['close_codes'])}")
+    if done.get("server_errors"):
+        parts.append(f"error replies: {_report.counts(done['server_errors'])}")
+    return "; ".join(parts)
+
+
 def print_row(r: Row) -> None:
     e = r.extra
     head = f"  {WORKLOAD_TITLES[r.workload]:10s} run {r.run} {r.server:10s}"
     busy = f"server CPU {r.server_cpu:.2f} s; generator busy {100 * r.generator_busy:.0f}%"
+    if e.get("trouble"):
+        busy += f"; {e['trouble']}"
     if r.extra.get("redis_cpu"):
         busy += f"; redis CPU {e['redis_cpu']:.2f} s"
     if r.workload == "sweep":
