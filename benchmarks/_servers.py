@@ -90,7 +90,7 @@ def unavailable(spec: Spec) -> str | None:
     return None
 
 
-def twistd_argv(logdir: str, options: list[str], twistd_options: list[str] = ()) -> list[str]:
+def twistd_argv(options: list[str], twistd_options: list[str] = ()) -> list[str]:
     """``twistd -n --pidfile= [twistd_options] phoenix [options]``, run by this Python."""
     twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
     if os.path.exists(twistd):
@@ -193,7 +193,7 @@ class Server:
         spec = self.spec
         if spec.kind == "phoenix":
             options = ["--port", str(self.port), *self.options]
-            argv = twistd_argv(self.logdir, options)
+            argv = twistd_argv(options)
             return argv, twistd_env(self.logdir), False, "twistd -n --pidfile= phoenix " + " ".join(options)
         if spec.kind == "script":
             extra = ["--redis-port", str(self.redis_port)] if spec.redis else []

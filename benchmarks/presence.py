@@ -136,7 +136,7 @@ class Cluster:
             for other in names[:i]:
                 options += ["--connect", other]
             log = os.path.join(opts.logdir, f"{tag}-node{i}.log")
-            argv = twistd_argv(opts.logdir, options, [f"--logfile={log}"])
+            argv = twistd_argv(options, [f"--logfile={log}"])
             self.children.append(Child(f"{tag}-node{i}", argv, opts.logdir, env=env))
             # Start them one after the other: the first serves the port mapper.
             line = self.children[-1].expect(lambda l: l.startswith(("NODE ", "ERROR")), 60)
