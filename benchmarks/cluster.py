@@ -2,17 +2,19 @@
 The cluster fan-out workload: the same broadcasts to the same subscribers,
 on one node and across a three-node cluster, side by side in one run.
 
-Two topologies, every node its own process (``benchmarks/server_cluster.py``:
-the demo app's ``PingChannel``, topic ``ping``):
+Two topologies, every node its own ``twistd -n phoenix`` process (the demo
+app's ``PingChannel``, topic ``ping``):
 
 ``single``
-    one node S, no cluster: the subscribers and the trigger all on S;
+    one node S, no cluster (the plugin's defaults): the subscribers and the
+    trigger all on S;
 ``cluster``
-    three nodes A, B and T linked by Perspective Broker (a port mapper on a
-    free loopback port, served by A; B and T connect to A by name and the
-    mesh completes itself): half the subscribers on A, half on B, and only
-    the trigger on T; every broadcast starts on T and crosses one link to A
-    and one to B.
+    three nodes A, B and T (``--name a@127.0.0.1`` ..., a shared
+    ``--cookie`` and their own ``--epmd-port``; B and T ``--connect
+    a@127.0.0.1`` and the mesh completes itself): half the subscribers on A,
+    half on B, and only the trigger on T; every broadcast starts on T and
+    crosses one link to A and one to B.  The cluster is ready when
+    broadcasts from T reach A and B (the warm-up's probe).
 
 The trigger is one more WebSocket client, joined to ``ping`` on its node,
 that pushes event ``broadcast``; its PingChannel calls
@@ -24,7 +26,7 @@ For each run and each topology (the order alternates from run to run):
 1. start the node(s); in the cluster, wait until every node is linked to
    the two others;
 2. warm up: 50 subscribers, 5 broadcasts;
-3. **throughput**: the Node generator (``benchmarks/js/cluster_loadgen.js``)
+3. **throughput**: the Node generator (``loadgen.js clients``)
    connects C subscribers, then the trigger pushes N broadcasts back to
    back; deliveries/s = C x N / (last delivery - first push), timed in the
    generator; the nodes' CPU time (``/proc/<pid>/stat``) over the same window;
@@ -40,69 +42,49 @@ Every child process is killed when the harness ends, however it ends.
 
 from __future__ import annotations
 
+import argparse
 import collections
-import json
-import os
-import shutil
-import socket
+import secrets
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from benchmarks.fanout import (
-    JS_DIR,
-    BenchmarkError,
-    Child,
-    _env,
-    _event,
-    _fmt_rate,
-    collapsed_report,
-    require_py_spy,
-    start_py_spy,
-    stop_py_spy,
-    ensure_node_modules,
-    machine_info,
-    proc_cpu,
-    raise_nofile,
-    rst_table,
-)
+from benchmarks import _cli, _pyspy, _report
+from benchmarks._loadgen import Generator
+from benchmarks._proc import BenchmarkError, free_port
+from benchmarks._servers import SPECS, Server, start
 
-LOADGEN = os.path.join(JS_DIR, "cluster_loadgen.js")
-SERVER = ("-m", "benchmarks.server_cluster")
-WS_PATH = "/socket/websocket?vsn=2.0.0"
-COOKIE = "benchmark-cookie"
-
-WORKLOADS = ("single", "cluster", "cluster-nodelay")
+NAME = "cluster"
+HELP = "deliveries/s and added latency of a broadcast through a 3-node cluster vs one node"
+WORKLOADS = ("single", "cluster")
 LABELS = {
     "single": "single: one node, subscribers and trigger on it",
     "cluster": "cluster: subscribers on A and B, trigger on T",
-    "cluster-nodelay": "cluster, TCP_NODELAY on the links (experiment)",
 }
 
 WARMUP_CLIENTS = 50
 WARMUP_BROADCASTS = 5
 
 
-@dataclass
-class Options:
-    clients: int = 4000
-    broadcasts: int = 100
-    runs: int = 3
-    workloads: tuple[str, ...] = ("single", "cluster")
-    message_bytes: int = 100
-    latency_clients: int = 40
-    latency_broadcasts: int = 500
-    latency_interval: float = 5.0  # ms
-    timeout: float = 120.0
-    concurrency: int = 200
-    profile: str = "none"  # none, cprofile, py-spy
-    profile_top: int = 25
-    json_path: str | None = None
-    logdir: str = ""
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--clients", type=int, default=4000, help="subscribers for the throughput (4000)")
+    p.add_argument("--broadcasts", type=int, default=100, help="broadcasts for the throughput, back to back (100)")
+    p.add_argument("--runs", type=int, default=3, help="runs of every workload, interleaved (3)")
+    p.add_argument("--workloads", default="single,cluster",
+                   help="comma-separated, from: " + ", ".join(WORKLOADS) + " (single,cluster)")
+    p.add_argument("--message-bytes", type=int, default=100, help="bytes of each broadcast's JSON text (100)")
+    p.add_argument("--latency-clients", type=int, default=40, help="subscribers for the latency (40)")
+    p.add_argument("--latency-broadcasts", type=int, default=500, help="broadcasts for the latency (500)")
+    p.add_argument("--latency-interval", type=float, default=5.0, help="ms between latency broadcasts (5)")
+    p.add_argument("--timeout", type=float, default=120.0,
+                   help="seconds allowed for connecting, and for a fan-out (120)")
+    p.add_argument("--concurrency", type=int, default=200, help="connection attempts in flight (200)")
+    p.add_argument("--profile", choices=("none", "py-spy"), default="none",
+                   help="after the runs, one more cluster run with the receiving node A and the sending node T "
+                        "profiled during its throughput and latency phases")
+    p.add_argument("--profile-top", type=int, default=25, help="profile entries to print (25)")
+    _cli.add_output(p)
 
 
 @dataclass
@@ -127,6 +109,7 @@ class Result:
     latency_generator_busy: float
     latency_node_cpu: dict[str, float]  # node -> CPU seconds over the latency phase
     latency_broadcasts: int
+    settings: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -146,115 +129,69 @@ class Result:
 # -- the nodes ----------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Topology:
-    """The node processes of one workload, and the URLs the generator uses."""
+    """The ``twistd -n phoenix`` nodes of one workload, and the URLs the generator uses."""
 
-    def __init__(self, opts: Options, workload: str, tag: str) -> None:
-        self.opts = opts
+    def __init__(self, logdir: str, workload: str, tag: str) -> None:
+        self.logdir = logdir
         self.workload = workload
         self.tag = tag
-        self.nodes: dict[str, Child] = {}
-        self.urls: dict[str, str] = {}
+        self.nodes: dict[str, Server] = {}
 
     def start(self) -> None:
         if self.workload == "single":
-            self._start("S", [])
+            self.nodes["S"] = start(SPECS["phoenix"], self.logdir, f"{self.tag}-S")
             return
-        # cluster, cluster-nodelay
-        mapper = _free_port()
-        names = {k: f"{k.lower()}@127.0.0.1" for k in ("A", "B", "T")}
-        # A first: it serves the port mapper; B and T find it by name.
+        # The nodes' own port mapper port and cookie: nothing else on the machine is touched.
+        epmd, cookie = free_port(), secrets.token_hex(16)
         for key in ("A", "B", "T"):
-            argv = ["--name", names[key], "--cookie", COOKIE, "--mapper-port", str(mapper)]
+            options = ["--name", f"{key.lower()}@127.0.0.1", "--cookie", cookie, "--epmd-port", str(epmd)]
             if key != "A":
-                argv += ["--connect", names["A"]]
-            self._start(key, argv)
-        deadline = time.monotonic() + 30
-        for key, child in self.nodes.items():
-            want = {n for k, n in names.items() if k != key}
-            while True:
-                child.send("nodes")
-                line = child.expect(lambda l: l.startswith("NODES"), 10)
-                have = set(filter(None, line.split(" ", 1)[1].split(","))) if " " in line else set()
-                if want <= have:
-                    break
-                if time.monotonic() > deadline:
-                    raise BenchmarkError(f"{self.tag}: node {key} linked to {sorted(have)} only after 30 s")
-                time.sleep(0.05)
-        if self.workload == "cluster-nodelay":
-            for child in self.nodes.values():
-                child.send("nodelay")
-                child.expect(lambda l: l.startswith("OK"), 10)
+                options += ["--connect", "a@127.0.0.1"]
+            self.nodes[key] = start(SPECS["phoenix"], self.logdir, f"{self.tag}-{key}", options)
 
-    def _start(self, key: str, argv: list[str]) -> None:
-        child = Child(f"{self.tag}-{key}", [sys.executable, *SERVER, *argv], self.opts.logdir, env=_env())
-        self.nodes[key] = child
-        line = child.expect(lambda l: l.startswith(("PORT ", "ERROR")), 60)
-        if line.startswith("ERROR"):
-            raise BenchmarkError(f"{child.name}: {line}")
-        self.urls[key] = f"ws://127.0.0.1:{int(line.split()[1])}{WS_PATH}"
+    @property
+    def settings(self) -> str:
+        if self.workload == "single":
+            return "defaults"
+        return "--name a/b/t@127.0.0.1 --cookie C --epmd-port P; b, t: --connect a@127.0.0.1"
 
     @property
     def sub_urls(self) -> list[str]:
-        return [self.urls["S"]] if self.workload == "single" else [self.urls["A"], self.urls["B"]]
+        keys = ["S"] if self.workload == "single" else ["A", "B"]
+        return [self.nodes[k].url() for k in keys]
 
     @property
     def trigger_url(self) -> str:
-        return self.urls["S" if self.workload == "single" else "T"]
+        return self.nodes["S" if self.workload == "single" else "T"].url()
 
     def cpu(self) -> dict[str, float]:
-        return {key: proc_cpu(child.pid) for key, child in self.nodes.items()}
+        return {key: node.cpu() for key, node in self.nodes.items()}
 
     def stop(self) -> None:
-        # Every node at once (each says goodbye to its peers), then wait.
-        for child in self.nodes.values():
-            child.send("quit")
-        for child in reversed(list(self.nodes.values())):
-            child.stop(quit_line="")  # an empty line: quit was sent
+        for node in self.nodes.values():
+            node.terminate()  # every node at once: each says goodbye to its peers
+        for node in self.nodes.values():
+            node.stop()
 
 
-def _loadgen(
-    opts: Options,
-    name: str,
-    topo: Topology,
-    clients: int,
-    broadcasts: int,
-    interval: float = 0.0,
-    latency: bool = False,
-) -> Child:
-    node = shutil.which("node")
-    if node is None:
-        raise BenchmarkError("node is not on PATH")
-    argv = [node, LOADGEN, "--trigger-url", topo.trigger_url]
-    for url in topo.sub_urls:
-        argv += ["--sub-url", url]
-    argv += [
-        "--clients", str(clients),
-        "--broadcasts", str(broadcasts),
-        "--message-bytes", str(opts.message_bytes),
-        "--interval", str(interval),
-        "--concurrency", str(opts.concurrency),
-        "--timeout", str(opts.timeout),
-        "--connect-timeout", str(opts.timeout),
-    ]
-    if latency:
-        argv.append("--latency")
-    return Child(name, argv, opts.logdir)
+def _generator(logdir: str, args: argparse.Namespace, name: str, topo: Topology, clients: int,
+               probe: bool = False) -> Generator:
+    return Generator(logdir, name, "clients", wait=args.timeout + 60, url=topo.sub_urls,
+                     trigger_url=topo.trigger_url, clients=clients, message_bytes=args.message_bytes,
+                     concurrency=args.concurrency, timeout=args.timeout, connect_timeout=args.timeout, probe=probe)
 
 
-def _connect(gen: Child, clients: int, timeout: float) -> dict[str, Any]:
-    ready = json.loads(gen.expect(_event("ready"), timeout))
+def _connect(gen: Generator, clients: int) -> dict[str, Any]:
+    ready = gen.event("ready")
     if not ready["trigger"]:
-        raise BenchmarkError(f"{gen.name}: the trigger could not join; errors: {ready['errors']}")
+        raise BenchmarkError(f"{gen.name}: the trigger could not join; failures: {_report.counts(ready['failures'])}")
     if ready["joined"] < clients:
-        print(f"  ! {gen.name}: only {ready['joined']} of {clients} clients joined; errors: {ready['errors']}",
-              flush=True)
+        print(f"  ! {gen.name}: only {ready['joined']} of {clients} clients joined; failures: "
+              f"{_report.counts(ready['failures'])}", flush=True)
+    if ready.get("probed") is not None and ready["probed"] < len(ready["joined_per_url"]):
+        raise BenchmarkError(f"{gen.name}: broadcasts from the trigger's node did not reach every node "
+                             f"within {gen.wait:.0f} s (the cluster did not link)")
     return ready
 
 
@@ -262,43 +199,43 @@ def _connect(gen: Child, clients: int, timeout: float) -> dict[str, Any]:
 
 
 def measure(
-    opts: Options,
+    ws: _cli.Run,
+    opts: argparse.Namespace,
     workload: str,
     run: int,
     on_profile: Callable[[Topology, str, str], Any] | None = None,
     latency: bool = True,
 ) -> Result:
     tag = f"{workload}-{run}"
-    topo = Topology(opts, workload, tag)
-    gens: list[Child] = []
+    topo = Topology(ws.logdir, workload, tag)
+    gens: list[Generator] = []
 
-    def gen(*args: Any, **kw: Any) -> Child:
-        g = _loadgen(opts, *args, **kw)
+    def gen(name: str, clients: int, probe: bool = False) -> Generator:
+        g = _generator(ws.logdir, opts, name, topo, clients, probe)
         gens.append(g)
         return g
 
     try:
         topo.start()
 
-        # Warm up: connecting, joining, broadcasting (and crossing the links), closing.
-        warm = gen(f"{tag}-warmup", topo, WARMUP_CLIENTS, WARMUP_BROADCASTS)
-        _connect(warm, WARMUP_CLIENTS, 60)
-        warm.send("go")
-        done = json.loads(warm.expect(_event("done"), opts.timeout + 30))
+        # Warm up: connecting, joining, broadcasting (and crossing the links), closing;
+        # the probe waits until broadcasts cross the cluster.
+        warm = gen(f"{tag}-warmup", WARMUP_CLIENTS, probe=True)
+        _connect(warm, WARMUP_CLIENTS)
+        done = warm.ask(f"fanout {WARMUP_BROADCASTS}", "done")
         warm.stop()
         if done["missing"]:
             raise BenchmarkError(f"{tag}: the warm-up lost {done['missing']} deliveries")
         time.sleep(0.5)
 
         # Throughput.
-        g = gen(f"{tag}-throughput", topo, opts.clients, opts.broadcasts)
-        ready = _connect(g, opts.clients, opts.timeout + 60)
+        g = gen(f"{tag}-throughput", opts.clients)
+        ready = _connect(g, opts.clients)
         time.sleep(1.0)
         if on_profile is not None:
             on_profile(topo, "throughput", "start")
         before = topo.cpu()
-        g.send("go")
-        done = json.loads(g.expect(_event("done"), opts.timeout + 60))
+        done = g.ask(f"fanout {opts.broadcasts}", "done")
         after = topo.cpu()
         if on_profile is not None:
             on_profile(topo, "throughput", "stop")
@@ -310,15 +247,13 @@ def measure(
         lat = None
         if latency:
             time.sleep(1.0)
-            lg = gen(f"{tag}-latency", topo, opts.latency_clients, opts.latency_broadcasts,
-                     interval=opts.latency_interval, latency=True)
-            _connect(lg, opts.latency_clients, opts.timeout + 60)
+            lg = gen(f"{tag}-latency", opts.latency_clients)
+            _connect(lg, opts.latency_clients)
             time.sleep(0.5)
             if on_profile is not None:
                 on_profile(topo, "latency", "start")
             lat_before = topo.cpu()
-            lg.send("go")
-            lat = json.loads(lg.expect(_event("done"), opts.timeout + 60))
+            lat = lg.ask(f"fanout {opts.latency_broadcasts} 0 {opts.latency_interval} 1", "done")
             lat_after = topo.cpu()
             if on_profile is not None:
                 on_profile(topo, "latency", "stop")
@@ -348,7 +283,10 @@ def measure(
             ),
             latency_node_cpu={k: lat_after[k] - lat_before[k] for k in lat_before} if lat else {},
             latency_broadcasts=opts.latency_broadcasts,
-            extra={"joined_per_node": ready["joined_per_url"], "closed_early": done["closed_early"]},
+            settings=topo.settings,
+            extra={"joined_per_node": ready["joined_per_url"], "closed_early": done["closed_early"],
+                   "close_codes": done["close_codes"],
+                   "commands": {k: n.command_line for k, n in topo.nodes.items()}},
         )
     finally:
         for g in gens:
@@ -378,15 +316,17 @@ def print_run(r: Result) -> None:
             + ")"
         )
     print(
-        f"  run {r.run} {r.workload:15s} {_fmt_rate(r.rate):>10s} deliveries/s "
+        f"  run {r.run} {r.workload:15s} {_report.rate(r.rate):>10s} deliveries/s "
         f"({r.deliveries:,} in {r.seconds:.2f} s{missing}); node CPU {cpu}; "
         f"generator CPU {r.generator_cpu_seconds:.2f} s ({100 * r.generator_busy:.0f}%); "
-        f"cores used {r.cores_used:.2f}; connect {r.connect_seconds:.1f} s; {r.delivery_bytes} B/delivery{lat}",
+        f"cores used {r.cores_used:.2f}; connect {r.connect_seconds:.1f} s; {r.delivery_bytes} B/delivery{lat}"
+        + (f"; {r.extra['closed_early']} closed early: {_report.counts(r.extra['close_codes'])}"
+           if r.extra.get("closed_early") else ""),
         flush=True,
     )
 
 
-def summarize(opts: Options, results: list[Result]) -> str:
+def summarize(workloads: tuple[str, ...], results: list[Result]) -> str:
     by: dict[str, list[Result]] = collections.defaultdict(list)
     for r in results:
         by[r.workload].append(r)
@@ -394,6 +334,7 @@ def summarize(opts: Options, results: list[Result]) -> str:
 
     header = (
         "workload",
+        "server options",
         "deliveries/s (median)",
         "min",
         "max",
@@ -404,7 +345,7 @@ def summarize(opts: Options, results: list[Result]) -> str:
         "cores used",
     )
     rows = []
-    for w in opts.workloads:
+    for w in workloads:
         rs = by.get(w)
         if not rs:
             continue
@@ -412,9 +353,10 @@ def summarize(opts: Options, results: list[Result]) -> str:
         busiest = statistics.median(max(r.node_cpu.values()) / max(r.seconds, 1e-9) for r in rs)
         rows.append((
             LABELS[w],
-            _fmt_rate(med[w]),
-            _fmt_rate(min(rates)),
-            _fmt_rate(max(rates)),
+            rs[0].settings,
+            _report.rate(med[w]),
+            _report.rate(min(rates)),
+            _report.rate(max(rates)),
             f"{med[w] / med['single']:.2f}" if med.get("single") else "-",
             f"{1e6 * statistics.median(r.cpu_total / max(1, r.deliveries) for r in rs):.2f} µs",
             f"{100 * busiest:.0f}%",
@@ -422,7 +364,7 @@ def summarize(opts: Options, results: list[Result]) -> str:
             f"({100 * statistics.median(r.generator_busy for r in rs):.0f}%)",
             f"{statistics.median(r.cores_used for r in rs):.2f}",
         ))
-    out = rst_table(header, rows)
+    out = _report.rst_table(header, rows)
 
     if not any(r.latency for r in results):
         return out
@@ -436,7 +378,7 @@ def summarize(opts: Options, results: list[Result]) -> str:
     )
     rows2 = []
     base = by.get("single")
-    for w in opts.workloads:
+    for w in workloads:
         rs = [r for r in by.get(w, []) if r.latency]
         if not rs:
             continue
@@ -452,122 +394,86 @@ def summarize(opts: Options, results: list[Result]) -> str:
             _ms(lat(rs, "p50", first=True) - lat(base, "p50", first=True)) if base else "-",
             f"{100 * statistics.median(r.latency_generator_busy for r in rs):.0f}%",
         ))
-    return out + "\n\n" + rst_table(header2, rows2)
+    return out + "\n\n" + _report.rst_table(header2, rows2)
 
 
-def run_cluster(opts: Options) -> list[Result]:
-    soft, _ = raise_nofile()
-    need = opts.clients + 200
-    if soft < need:
-        raise BenchmarkError(f"open files are capped at {soft} (ulimit -Hn); {opts.clients} clients need {need}")
-    ensure_node_modules()
-    own_logdir = not opts.logdir
-    if own_logdir:
-        opts.logdir = tempfile.mkdtemp(prefix="twisted-phoenix-bench-")
-    else:
-        os.makedirs(opts.logdir, exist_ok=True)
-    info = machine_info()
+def run_cluster(ws: _cli.Run, opts: argparse.Namespace, workloads: tuple[str, ...]) -> list[Result]:
+    """Every run of every workload, printed as they go, then the tables; the results."""
     print(
         f"cluster: throughput {opts.clients:,} subscribers of one topic, {opts.broadcasts} broadcasts of "
         f"{opts.message_bytes} B back to back; latency {opts.latency_clients:,} subscribers, "
-        f"{opts.latency_broadcasts} broadcasts, one every {opts.latency_interval:g} ms; {opts.runs} runs; "
-        f"open files {soft}",
+        f"{opts.latency_broadcasts} broadcasts, one every {opts.latency_interval:g} ms; {opts.runs} runs",
         flush=True,
     )
-    print(
-        "machine: {nproc} x {cpu}; Python {python}, Twisted {twisted} ({reactor}), "
-        "Autobahn {autobahn}, Node {node}, ws {ws}".format(**info),
-        flush=True,
-    )
-    print("load average at the start: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()), flush=True)
     results: list[Result] = []
     started = time.monotonic()
-    try:
-        for run in range(1, opts.runs + 1):
-            k = (run - 1) % len(opts.workloads)
-            for w in opts.workloads[k:] + opts.workloads[:k]:
-                r = measure(opts, w, run)
-                print_run(r)
-                results.append(r)
-        print()
-        print(
-            f"cluster: {opts.clients:,} subscribers x {opts.broadcasts} broadcasts; latency "
-            f"{opts.latency_clients:,} subscribers x {opts.latency_broadcasts} broadcasts every "
-            f"{opts.latency_interval:g} ms; median of {opts.runs} runs ({time.monotonic() - started:.0f} s)"
-        )
-        print(summarize(opts, results), flush=True)
-        print("load average at the end: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()), flush=True)
-        if any(r.missing or r.latency_missing for r in results):
-            print("\nWARNING: some deliveries never arrived (see the runs above).", flush=True)
-        if any(r.generator_busy > 0.9 for r in results):
-            print("\nWARNING: the load generator was busy over 90% of the time: it may be the limit.", flush=True)
-        if opts.profile != "none":
-            print()
-            profile(opts, opts.profile)
-        if opts.json_path:
-            with open(opts.json_path, "w") as f:
-                json.dump(
-                    {"options": opts.__dict__, "machine": info, "results": [r.__dict__ for r in results]},
-                    f, indent=2, default=str,
-                )
-            print(f"\nraw results written to {opts.json_path}")
-    finally:
-        Child.kill_all()
-        if own_logdir:
-            shutil.rmtree(opts.logdir, ignore_errors=True)
+    for run in range(1, opts.runs + 1):
+        k = (run - 1) % len(workloads)
+        for w in workloads[k:] + workloads[:k]:
+            r = measure(ws, opts, w, run)
+            print_run(r)
+            results.append(r)
+    print()
+    print(
+        f"cluster: {opts.clients:,} subscribers x {opts.broadcasts} broadcasts; latency "
+        f"{opts.latency_clients:,} subscribers x {opts.latency_broadcasts} broadcasts every "
+        f"{opts.latency_interval:g} ms; median of {opts.runs} runs ({time.monotonic() - started:.0f} s)"
+    )
+    print(summarize(workloads, results), flush=True)
+    _report.print_load_end()
+    if any(r.missing or r.latency_missing for r in results):
+        print("\nWARNING: some deliveries never arrived (see the runs above).", flush=True)
+    if any(r.generator_busy > 0.9 for r in results):
+        print("\nWARNING: the load generator was busy over 90% of the time: it may be the limit.", flush=True)
     return results
+
+
+def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if min(args.clients, args.broadcasts, args.runs, args.latency_clients, args.latency_broadcasts) < 1:
+        parser.error("counts must be positive")
+    workloads = _cli.split(args.workloads)
+    unknown = [w for w in workloads if w not in WORKLOADS]
+    if unknown or not workloads:
+        parser.error(f"unknown workload(s): {', '.join(unknown) or '(none)'}")
+    with _cli.workspace(args, need_files=args.clients + 200) as ws:
+        results = run_cluster(ws, args, workloads)
+        if args.profile == "py-spy":
+            print()
+            profile(ws, args)
+        _report.write_json(args.json_path, {"options": vars(args), "machine": ws.machine, "results": results})
 
 
 # -- profiling -------------------------------------------------------------------------------
 
 
-def profile(opts: Options, how: str) -> None:
+def profile(ws: _cli.Run, opts: argparse.Namespace) -> None:
     """
     One more cluster run, the receiving node A and the sending node T
-    profiled during the throughput fan-out and during the latency phase.
+    profiled with py-spy during the throughput fan-out and during the latency phase.
     """
+    _pyspy.require()
     roles = {"A": "receiving, half the subscribers", "T": "sending, the trigger only"}
     stages = ("throughput", "latency")
-
-    def path(key: str, stage: str, ext: str) -> str:
-        return os.path.join(opts.logdir, f"cluster-0-{key}-{stage}.{ext}")
-
-    if how == "cprofile":
-
-        def on_cprofile(topo: Topology, stage: str, phase: str) -> None:
-            for key in roles:
-                child = topo.nodes[key]
-                child.send("profile-start" if phase == "start" else f"profile-stop {path(key, stage, 'prof')}")
-                child.expect(lambda l: l.startswith("OK"), 60)
-
-        r = measure(opts, "cluster", 0, on_profile=on_cprofile)
-        import pstats
-
-        for stage in stages:
-            for key, what in roles.items():
-                cpu = (r.node_cpu if stage == "throughput" else r.latency_node_cpu)[key]
-                print(f"cProfile of node {key} ({what}) during the {stage} phase (node CPU {cpu:.2f} s):")
-                pstats.Stats(path(key, stage, "prof")).sort_stats("tottime").print_stats(opts.profile_top)
-        return
-
-    spy = require_py_spy()
-    spies: dict[str, subprocess.Popen[bytes]] = {}
+    outs: dict[str, dict[str, str]] = {}
+    active: dict[str, Any] = {}
 
     def on_profile(topo: Topology, stage: str, phase: str) -> None:
         if phase == "start":
-            for key in roles:
-                spies[key] = start_py_spy(spy, topo.nodes[key].pid, path(key, stage, "py-spy.txt"))
-            time.sleep(1.0)  # let py-spy attach
+            cm = _pyspy.profiling({k: topo.nodes[k].pid for k in roles}, ws.logdir, f"cluster-0-{stage}")
+            outs[stage] = cm.__enter__()
+            active["cm"] = cm
         else:
-            for p in spies.values():
-                stop_py_spy(p)
+            active.pop("cm").__exit__(None, None, None)
 
-    r = measure(opts, "cluster", 0, on_profile=on_profile)
-    print(f"under py-spy: {_fmt_rate(r.rate)} deliveries/s; latency p50 {_ms(r.latency and r.latency['p50'])}, "
+    r = measure(ws, opts, "cluster", 0, on_profile=on_profile)
+    print(f"under py-spy: {_report.rate(r.rate)} deliveries/s; latency p50 {_ms(r.latency and r.latency['p50'])}, "
           f"first delivery p50 {_ms(r.first_latency and r.first_latency['p50'])}")
     for stage in stages:
         for key, what in roles.items():
             cpu = (r.node_cpu if stage == "throughput" else r.latency_node_cpu)[key]
-            out = path(key, stage, "py-spy.txt")
             print(f"\npy-spy of node {key} ({what}) during the {stage} phase (node CPU {cpu:.2f} s):")
-            print(collapsed_report(out, opts.profile_top) if os.path.exists(out) else "(no profile)")
+            print(_pyspy.report(outs[stage][key], opts.profile_top))
+
+
+def register(sub: Any) -> None:
+    _cli.subcommand(sub, NAME, HELP, __doc__, add_arguments, run)

@@ -2,10 +2,14 @@
 The presence workload: P presences tracked across a cluster of K nodes
 (three by default), replicated by the Presence Tracker.
 
-Every run of every ``broadcast_period`` starts a fresh cluster: K processes
-(``benchmarks/server_presence.py``: an Endpoint and a cluster Node sharing
-its PubSub, linked over loopback, with their own port mapper port and
-cookie), waits until each node links and hears every other replica, then:
+Every run of every ``broadcast_period`` starts a fresh cluster: K
+``twistd -n phoenix --no-http --name benchI@127.0.0.1`` processes with their
+own ``--epmd-port`` and ``--cookie``, each ``--connect``-ing to the nodes
+started before it, serving the benchmark app
+``--endpoint benchmarks.apps.presence:Endpoint`` (presences tracked
+server-side, driven on the node's standard input; its tracker options come
+from ``$BENCH_PRESENCE``), waits until each node links and hears every other
+replica, then:
 
 1. **convergence**: at a random moment of the gossip round, every node
    tracks its share of the P presences (keys different on each node), all
@@ -34,34 +38,24 @@ Every child process is killed when the harness ends, however it ends.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import random
-import secrets
-import shutil
-import signal
-import socket
-import statistics
 import subprocess
-import sys
-import tempfile
+import secrets
+import statistics
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from benchmarks.fanout import (
-    ROOT,
-    BenchmarkError,
-    Child,
-    _env,
-    collapsed_report,
-    require_py_spy,
-    start_py_spy,
-    stop_py_spy,
-    proc_cpu,
-    rst_table,
-)
+from benchmarks import _cli, _pyspy, _report
+from benchmarks._proc import ROOT, BenchmarkError, Child, cpu_seconds, free_port
+from benchmarks._servers import twistd_argv, twistd_env
 
+NAME = "presence"
+HELP = "presence replication across 3 nodes: convergence of a burst of joins, churn, gossip bytes"
+ENDPOINT = "benchmarks.apps.presence:Endpoint"
 TOPIC = "room:lobby"
 
 
@@ -121,56 +115,37 @@ class Result:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-#: Runs ``benchmarks.server_presence`` of this tree with the ``twisted_phoenix``
-#: package of the tree given as its first argument.
-_BOOT = (
-    "import runpy, sys\n"
-    "root = sys.argv.pop(1)\n"
-    "sys.path.insert(0, root)\n"
-    "import twisted_phoenix\n"
-    "sys.path.remove(root)\n"
-    "sys.argv[0] = 'server_presence'\n"
-    "runpy.run_module('benchmarks.server_presence', run_name='__main__', alter_sys=True)\n"
-)
-
-
 class Cluster:
     """K presence nodes linked to each other, for one run."""
 
     def __init__(self, opts: Options, period: float, tag: str, tree: str = "") -> None:
         self.opts = opts
         self.period = period
-        mapper_port = _free_port()
+        epmd = free_port()
         cookie = secrets.token_hex(16)
         names = [f"bench{i}@127.0.0.1" for i in range(opts.nodes)]
         self.names = names
         self.children: list[Child] = []
         self.replicas: list[str] = []
+        env = twistd_env(opts.logdir, tree)
+        env["BENCH_PRESENCE"] = json.dumps({"broadcast_period": period, "down_period": opts.down_period,
+                                            "gc_threshold": opts.gc_threshold})
         for i, name in enumerate(names):
-            boot = ["-c", _BOOT, os.path.abspath(tree)] if tree else ["-m", "benchmarks.server_presence"]
-            argv = [
-                sys.executable, *boot,
-                "--name", name, "--cookie", cookie, "--mapper-port", str(mapper_port),
-                "--broadcast-period", str(period), "--down-period", str(opts.down_period),
-                "--gc-threshold", str(opts.gc_threshold),
-            ]
+            options = ["--no-http", "--name", name, "--cookie", cookie, "--epmd-port", str(epmd),
+                       "--endpoint", ENDPOINT]
             for other in names[:i]:
-                argv += ["--connect", other]
-            self.children.append(Child(f"{tag}-node{i}", argv, opts.logdir, env=_env()))
+                options += ["--connect", other]
+            log = os.path.join(opts.logdir, f"{tag}-node{i}.log")
+            argv = twistd_argv(options, [f"--logfile={log}"])
+            self.children.append(Child(f"{tag}-node{i}", argv, opts.logdir, env=env))
             # Start them one after the other: the first serves the port mapper.
             line = self.children[-1].expect(lambda l: l.startswith(("NODE ", "ERROR")), 60)
             if line.startswith("ERROR"):
                 raise BenchmarkError(f"{tag}-node{i}: {line}")
             self.replicas.append(line.split()[2])
             library = os.path.dirname(line.split(" ", 3)[3])
-            expected = os.path.abspath(tree or ROOT)
-            if os.path.realpath(os.path.dirname(library)) != os.path.realpath(expected):
+            expected = os.path.join(os.path.abspath(tree or ROOT), "twisted_phoenix")
+            if os.path.realpath(library) != os.path.realpath(expected):
                 raise BenchmarkError(f"{tag}-node{i} runs the twisted_phoenix of {library}, not of {expected}")
 
     def ask(self, i: int, command: str, answer: str, timeout: float | None = None) -> list[str]:
@@ -200,7 +175,7 @@ class Cluster:
         return [[float(x) for x in self.ask(i, "gossip", "GOSSIP")] for i in range(self.opts.nodes)]
 
     def cpu(self) -> list[float]:
-        return [proc_cpu(c.pid) for c in self.children]
+        return [cpu_seconds(c.pid) for c in self.children]
 
     def stop(self) -> None:
         # All at once (each node's peers see it leave), then wait; one "quit" each.
@@ -411,88 +386,47 @@ def summarize(opts: Options, results: list[Result]) -> str:
                 f"{100 * statistics.median(max(g / max(c, 1e-9) for g, c in zip(r.churn_gc[1:], r.churn_cpu_seconds[1:])) for r in rs):.0f}%",
             )
         )
-    return "\n\n".join([rst_table(convergence_header, convergence_rows), rst_table(churn_header, churn_rows)])
-
-
-def machine_line() -> str:
-    import platform
-
-    import twisted
-
-    cpu = "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    load = os.getloadavg()
-    return (
-        f"machine: {os.cpu_count()} x {cpu}; Python {platform.python_version()}, Twisted {twisted.__version__}; "
-        f"load average {load[0]:.1f}"
-    )
-
-
-# -- the whole benchmark ------------------------------------------------------------------
+    return "\n\n".join([_report.rst_table(convergence_header, convergence_rows), _report.rst_table(churn_header, churn_rows)])
 
 
 def run_presence(opts: Options) -> list[Result]:
-    own_logdir = not opts.logdir
-    if own_logdir:
-        opts.logdir = tempfile.mkdtemp(prefix="twisted-phoenix-bench-")
-    else:
-        os.makedirs(opts.logdir, exist_ok=True)
     print(
         f"presence: {opts.presences:,} presences across {opts.nodes} nodes, "
         f"{opts.topics} topic(s), broadcast_period {', '.join(f'{p:g}' for p in opts.periods)} s, "
         f"churn {opts.churn_seconds:g} s ({opts.churn_batch} pairs a turn"
         f"{f', at most {opts.churn_rate:g} changes/s' if opts.churn_rate else ''}), {opts.runs} runs"
-        f"{f', GC threshold {opts.gc_threshold}' if opts.gc_threshold else ''}",
+        f"{f', GC threshold {opts.gc_threshold}' if opts.gc_threshold else ''}; nodes: twistd -n phoenix --no-http "
+        f"--name benchI@127.0.0.1 --cookie C --epmd-port P --endpoint {ENDPOINT} [--connect ...]",
         flush=True,
     )
-    print(machine_line(), flush=True)
     results: list[Result] = []
     started = time.monotonic()
-    try:
-        for run in range(1, opts.runs + 1):
-            k = (run - 1) % len(opts.periods)
-            trees = ["", opts.compare] if opts.compare else [""]
-            j = (run - 1) % len(trees)
-            for period in opts.periods[k:] + opts.periods[:k]:
-                for tree in trees[j:] + trees[:j]:
-                    r = measure(opts, period, run, tree=tree)
-                    print_run(r)
-                    results.append(r)
-        print()
+    for run in range(1, opts.runs + 1):
+        k = (run - 1) % len(opts.periods)
+        trees = ["", opts.compare] if opts.compare else [""]
+        j = (run - 1) % len(trees)
+        for period in opts.periods[k:] + opts.periods[:k]:
+            for tree in trees[j:] + trees[:j]:
+                r = measure(opts, period, run, tree=tree)
+                print_run(r)
+                results.append(r)
+    print()
+    print(
+        f"presence: {opts.presences:,} presences, {opts.nodes} nodes, median of {opts.runs} runs "
+        f"({time.monotonic() - started:.0f} s, load average now {os.getloadavg()[0]:.1f}); gossip/change: "
+        "the Tracker's gossip_bytes (in brackets: bytes written to the cluster links)"
+    )
+    print(summarize(opts, results), flush=True)
+    if any(r.burst_dropped or r.churn_dropped for r in results):
         print(
-            f"presence: {opts.presences:,} presences, {opts.nodes} nodes, median of {opts.runs} runs "
-            f"({time.monotonic() - started:.0f} s, load average now {os.getloadavg()[0]:.1f}); gossip/change: "
-            "the Tracker's gossip_bytes (in brackets: bytes written to the cluster links)"
+            "\nWARNING: cluster links dropped broadcasts (congested): the deltas lost were repaired by "
+            "whole-state transfers (see the runs above).",
+            flush=True,
         )
-        print(summarize(opts, results), flush=True)
-        if any(r.burst_dropped or r.churn_dropped for r in results):
-            print(
-                "\nWARNING: cluster links dropped broadcasts (congested): the deltas lost were repaired by "
-                "whole-state transfers (see the runs above).",
-                flush=True,
-            )
-        if opts.profile != "none":
-            period = opts.profile_period if opts.profile_period is not None else min(opts.periods)
-            print()
-            profile(opts, period, opts.profile)
-        if opts.json_path:
-            with open(opts.json_path, "w") as f:
-                json.dump(
-                    {"options": opts.__dict__, "results": [r.__dict__ for r in results]},
-                    f, indent=2, default=str,
-                )
-            print(f"\nraw results written to {opts.json_path}")
-    finally:
-        Child.kill_all()
-        if own_logdir:
-            shutil.rmtree(opts.logdir, ignore_errors=True)
+    if opts.profile != "none":
+        period = opts.profile_period if opts.profile_period is not None else min(opts.periods)
+        print()
+        profile(opts, period, opts.profile)
     return results
 
 
@@ -501,7 +435,8 @@ def run_presence(opts: Options) -> list[Result]:
 
 def profile(opts: Options, period: float, how: str) -> None:
     """One more run, every node profiled during each phase; the busiest node's profile is shown."""
-    spy = require_py_spy() if how == "py-spy" else ""
+    if how == "py-spy":
+        _pyspy.require()
     spies: dict[tuple[str, int], subprocess.Popen[bytes]] = {}
 
     def path(phase: str, i: int) -> str:
@@ -515,9 +450,9 @@ def profile(opts: Options, period: float, how: str) -> None:
                 else:
                     _plain(cluster, i, f"profile-stop {path(phase, i)}")
             elif step == "start":
-                spies[(phase, i)] = start_py_spy(spy, cluster.children[i].pid, path(phase, i))
+                spies[(phase, i)] = _pyspy.start(cluster.children[i].pid, path(phase, i))
             else:
-                stop_py_spy(spies.pop((phase, i)))
+                _pyspy.stop(spies.pop((phase, i)))
         if how == "py-spy" and step == "start":
             time.sleep(1.0)  # let py-spy attach
 
@@ -536,7 +471,7 @@ def profile(opts: Options, period: float, how: str) -> None:
 
                 pstats.Stats(path(phase, i)).sort_stats("tottime").print_stats(opts.profile_top)
             else:
-                print(collapsed_report(path(phase, i), opts.profile_top))
+                print(_pyspy.report(path(phase, i), opts.profile_top))
 
 
 def _plain(cluster: Cluster, i: int, command: str) -> None:
@@ -548,16 +483,8 @@ def _plain(cluster: Cluster, i: int, command: str) -> None:
 # -- command line (``python -m benchmarks presence``) ----------------------------------------
 
 
-def add_parser(sub: Any) -> None:
+def add_arguments(p: argparse.ArgumentParser) -> None:
     """The ``presence`` subcommand's options."""
-    import argparse
-
-    p = sub.add_parser(
-        "presence",
-        help="presence replication across 3 nodes: convergence of a burst of joins, churn, gossip bytes",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
     p.add_argument("--presences", type=int, default=10_000, help="presences tracked, split across the nodes (10000)")
     p.add_argument("--nodes", type=int, default=3, help="cluster nodes, each its own process (3)")
     p.add_argument("--runs", type=int, default=3, help="runs of every broadcast period, interleaved (3)")
@@ -592,11 +519,10 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument("--profile-period", type=float, default=None, help="the period of the profiled run (the shortest)")
     p.add_argument("--profile-top", type=int, default=25, help="profile entries to print (25)")
-    p.add_argument("--json", dest="json_path", help="also write every run's figures to this file")
-    p.add_argument("--logdir", default="", help="keep the children's stderr (and profiles) here")
+    _cli.add_output(p)
 
 
-def main(parser: Any, args: Any) -> int:
+def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Run the ``presence`` subcommand."""
     try:
         periods = tuple(float(p) for p in args.periods.split(",") if p.strip())
@@ -608,33 +534,29 @@ def main(parser: Any, args: Any) -> int:
         parser.error("--presences, --runs, --topics and --churn-batch must be positive, --nodes at least 2")
     if args.down_period < 2 * max(periods):
         parser.error("--down-period must be at least twice the longest period")
-    opts = Options(
-        presences=args.presences,
-        nodes=args.nodes,
-        runs=args.runs,
-        periods=periods,
-        topics=args.topics,
-        churn_seconds=args.churn_seconds,
-        churn_batch=args.churn_batch,
-        churn_rate=args.churn_rate,
-        down_period=args.down_period,
-        gc_threshold=args.gc_threshold,
-        compare=args.compare,
-        timeout=args.timeout,
-        profile=args.profile,
-        profile_period=args.profile_period,
-        profile_top=args.profile_top,
-        json_path=args.json_path,
-        logdir=args.logdir,
-    )
-    # SIGTERM ends the harness like Ctrl-C: the finally clauses kill every child.
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    try:
-        run_presence(opts)
-    except KeyboardInterrupt:
-        print("\ninterrupted; every child process was killed", file=sys.stderr)
-        return 130
-    except BenchmarkError as e:
-        print(f"\nbenchmark failed: {e}", file=sys.stderr)
-        return 1
-    return 0
+    with _cli.workspace(args, node=False) as ws:
+        opts = Options(
+            presences=args.presences,
+            nodes=args.nodes,
+            runs=args.runs,
+            periods=periods,
+            topics=args.topics,
+            churn_seconds=args.churn_seconds,
+            churn_batch=args.churn_batch,
+            churn_rate=args.churn_rate,
+            down_period=args.down_period,
+            gc_threshold=args.gc_threshold,
+            compare=args.compare,
+            timeout=args.timeout,
+            profile=args.profile,
+            profile_period=args.profile_period,
+            profile_top=args.profile_top,
+            json_path=args.json_path,
+            logdir=ws.logdir,
+        )
+        results = run_presence(opts)
+        _report.write_json(opts.json_path, {"options": opts.__dict__, "machine": ws.machine, "results": results})
+
+
+def register(sub: Any) -> None:
+    _cli.subcommand(sub, NAME, HELP, __doc__, add_arguments, run)

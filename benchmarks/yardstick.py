@@ -2,16 +2,20 @@
 The yardstick: twisted_phoenix against the plain-Autobahn floors and its
 Python peers, on four workloads, side by side in one run.
 
-Servers (each its own process on a free loopback port; see
-``benchmarks/README.rst``):
+``python -m benchmarks sweep|roundtrip|memory|joinstorm|all``.
 
-``phoenix``     twisted_phoenix, the demo app (``benchmarks/server_phoenix.py``)
+Servers (each its own process on a free port, started by
+``benchmarks/_servers.py``; see ``benchmarks/README.rst``):
+
+``phoenix``     twisted_phoenix: ``twistd -n phoenix``, the demo app, the plugin's defaults
 ``prepared``    plain Autobahn: ``sendPreparedMessage`` fan-out, ``sendMessage`` echo
 ``raw``         plain Autobahn: ``transport.write`` of pre-built frames (the floor)
 ``websockets``  ``websockets`` (asyncio), its ``broadcast()`` helper
 ``socketio``    python-socketio 5 on aiohttp, rooms and acks
 ``channels``    Daphne + Django Channels 4, ``channels_redis`` (a ``redis-server``
                 child on a free port)
+``external``    ``--external COMMAND --external-port N``: any server speaking the
+                demo app's protocol (a Phoenix app, for one)
 
 Workloads (each measurement starts a fresh server and warms it up):
 
@@ -32,94 +36,38 @@ Workloads (each measurement starts a fresh server and warms it up):
 For every measurement the server's CPU time over the window (from
 ``/proc/<pid>/stat``) and the Node generator's (``process.cpuUsage()``) are
 recorded: a generator near 100 % busy would be the limit, not the server.
+Memory is the server's VmRSS (``/proc``) before and after.
 Every child (servers, redis, generators, py-spy) is killed at the end,
 however the harness ends.
 """
 
 from __future__ import annotations
 
+import argparse
 import collections
-import importlib.util
-import json
-import os
-import shutil
-import socket
+import dataclasses
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable
 
-from benchmarks.fanout import (
-    JS_DIR,
-    BenchmarkError,
-    Child,
-    _env,
-    _event,
-    collapsed_report,
-    require_py_spy,
-    start_py_spy,
-    stop_py_spy,
-    ensure_node_modules,
-    machine_info,
-    proc_cpu,
-    proc_status,
-    raise_nofile,
-    rst_table,
-)
+from benchmarks import _cli, _pyspy, _report
+from benchmarks._loadgen import Generator as NodeGenerator
+from benchmarks._loadgen import split
+from benchmarks._proc import BenchmarkError
+from benchmarks._servers import SPECS, Server, Spec, start, unavailable
 
-GENERATOR = os.path.join(JS_DIR, "yardstick.js")
+COMMANDS = ("sweep", "roundtrip", "memory", "joinstorm", "all")
+HELP = {
+    "sweep": "fan-out deliveries/s at several subscriber counts: twisted_phoenix, floors and peers",
+    "roundtrip": "ping/reply round trips: replies/s and p50/p99 latency, twisted_phoenix, floors and peers",
+    "memory": "server RSS per connected, joined client: twisted_phoenix, floors and peers",
+    "joinstorm": "joins/s when every open connection joins at once: twisted_phoenix, floors and peers",
+    "all": "every workload (and the cluster fan-out), one combined table",
+}
 WARMUP_CLIENTS = 50
 WARMUP_BROADCASTS = 5
 WARMUP_ROUNDTRIP_SECONDS = 0.5
-
-# -- the servers ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Spec:
-    name: str
-    label: str
-    argv: tuple[str, ...]  # after the Python executable
-    path: str  # the WebSocket path (and query) to connect to
-    protocol: str = "phoenix"  # what the generator speaks: phoenix or socketio
-    modules: tuple[str, ...] = ()  # must be importable
-    redis: bool = False  # needs a redis-server; its port is the last argument
-
-
-SPECS: dict[str, Spec] = {
-    s.name: s
-    for s in (
-        Spec("phoenix", "twisted_phoenix", ("-m", "benchmarks.server_phoenix"), "/socket/websocket?vsn=2.0.0"),
-        Spec("prepared", "Autobahn (prepared / sendMessage)", ("-m", "benchmarks.peers.server_floor", "prepared"), "/"),
-        Spec("raw", "Autobahn raw transport.write", ("-m", "benchmarks.peers.server_floor", "raw"), "/"),
-        Spec(
-            "websockets",
-            "websockets (asyncio)",
-            ("-m", "benchmarks.peers.server_websockets"),
-            "/",
-            modules=("websockets.asyncio.server",),
-        ),
-        Spec(
-            "socketio",
-            "python-socketio + aiohttp",
-            ("-m", "benchmarks.peers.server_socketio"),
-            "/socket.io/?EIO=4&transport=websocket",
-            protocol="socketio",
-            modules=("socketio", "aiohttp"),
-        ),
-        Spec(
-            "channels",
-            "Daphne + Channels (redis layer)",
-            ("-m", "benchmarks.peers.server_channels"),
-            "/ws/",
-            modules=("daphne", "channels", "channels_redis", "django"),
-            redis=True,
-        ),
-    )
-}
 
 #: The floor each workload's ratios are taken against.
 FLOORS = {"sweep": "raw", "roundtrip": "prepared", "memory": "prepared", "joinstorm": "prepared"}
@@ -132,142 +80,69 @@ WORKLOAD_TITLES = {
 UNITS = {"sweep": "deliveries/s", "roundtrip": "replies/s", "memory": "KiB/conn", "joinstorm": "joins/s"}
 
 
-def unavailable(spec: Spec) -> str | None:
-    """Why ``spec`` cannot run here, or None."""
-    for module in spec.modules:
-        try:
-            found = importlib.util.find_spec(module) is not None
-        except (ImportError, ValueError):
-            found = False
-        if not found:
-            return f"{module.split('.')[0]} not installed: pip install '.[bench]'"
-    if spec.redis and shutil.which("redis-server") is None:
-        return "redis-server not on PATH: apt-get install redis-server"
-    return None
-
-
-def versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for dist in ("websockets", "python-socketio", "python-engineio", "aiohttp", "daphne", "channels",
-                 "channels-redis", "Django", "redis", "orjson"):
-        try:
-            out[dist] = version(dist)
-        except PackageNotFoundError:
-            pass
-    if shutil.which("redis-server"):
-        text = subprocess.run(["redis-server", "--version"], capture_output=True, text=True).stdout
-        for part in text.split():
-            if part.startswith("v="):
-                out["redis-server"] = part[2:]
-    return out
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Running:
-    """A started server (and its redis-server), warmed up."""
+    """A started server (and its redis-server), for one measurement."""
 
     def __init__(self, opts: "Options", spec: Spec, tag: str) -> None:
         self.spec = spec
         self.tag = tag
-        self.redis: Child | None = None
-        argv = [sys.executable, *spec.argv]
-        try:
-            if spec.redis:
-                port = _free_port()
-                self.redis = Child(
-                    f"{tag}-redis",
-                    ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                     "--appendonly", "no", "--protected-mode", "no"],
-                    opts.logdir,
-                )
-                self.redis.expect(lambda l: "Ready to accept connections" in l, 30)
-                argv.append(str(port))
-            self.server = Child(tag, argv, opts.logdir, env=_env())
-            line = self.server.expect(lambda l: l.startswith("PORT "), 60)
-        except BaseException:
-            self.stop()
-            raise
-        self.url = f"ws://127.0.0.1:{int(line.split()[1])}{spec.path}"
-
-    @property
-    def pids(self) -> list[int]:
-        return [c.pid for c in (self.server, self.redis) if c is not None]
+        self.server: Server = start(spec, opts.logdir, tag,
+                                    timeout=opts.external_timeout if spec.kind == "external" else 60.0)
+        self.url = self.server.url()
 
     def cpu(self) -> float:
-        return proc_cpu(self.server.pid)
+        return self.server.cpu()
 
     def redis_cpu(self) -> float:
-        return proc_cpu(self.redis.pid) if self.redis is not None else 0.0
+        s = self.server.redis_sample()
+        return s.cpu_seconds if s else 0.0
 
-    def rss(self) -> int:
-        """The server's RSS (KiB) after it collected garbage."""
-        self.server.send("rss")
-        self.server.expect(lambda l: l.startswith("RSS"), 60)
-        return proc_status(self.server.pid)["VmRSS"]
+    def rss(self) -> int | None:
+        s = self.server.sample()
+        return s.rss_kib if s else None
 
     def redis_rss(self) -> int:
-        return proc_status(self.redis.pid)["VmRSS"] if self.redis is not None else 0
+        s = self.server.redis_sample()
+        return s.rss_kib if s else 0
 
     def stop(self) -> None:
-        if getattr(self, "server", None) is not None:
-            self.server.stop()
-        if self.redis is not None:
-            self.redis.kill()
+        self.server.stop()
 
 
 # -- the generator -------------------------------------------------------------------
 
 
 class Generator:
-    """One Node process of ``benchmarks/js/yardstick.js``."""
+    """One ``loadgen.js clients`` process."""
 
     def __init__(self, opts: "Options", running: Running, name: str, clients: int, join: bool = True,
                  trigger: bool = False) -> None:
-        node = shutil.which("node")
-        if node is None:
-            raise BenchmarkError("node is not on PATH")
-        argv = [
-            node, GENERATOR,
-            "--url", running.url,
-            "--protocol", running.spec.protocol,
-            "--clients", str(clients),
-            "--message-bytes", str(opts.message_bytes),
-            "--concurrency", str(opts.concurrency),
-            "--timeout", str(opts.timeout),
-            "--connect-timeout", str(opts.timeout),
-        ]
-        if not join:
-            argv.append("--no-join")
-        if trigger:
-            argv.append("--trigger")
-        self.child = Child(name, argv, opts.logdir)
-        self.timeout = opts.timeout
+        self.node = NodeGenerator(
+            opts.logdir, name, "clients", wait=opts.timeout + 60, url=running.url, protocol=running.spec.protocol,
+            clients=clients, message_bytes=opts.message_bytes, concurrency=opts.concurrency, timeout=opts.timeout,
+            connect_timeout=opts.timeout, no_join=not join, trigger=trigger,
+        )
+        self.name = name
         self.clients = clients
         self.join = join
 
     def ready(self) -> dict[str, Any]:
-        r = json.loads(self.child.expect(_event("ready"), self.timeout + 30))
+        r = self.node.event("ready", self.node.wait + 30)
         got = r["joined"] if self.join else r["connected"]
         if got < self.clients:
-            print(f"  ! {self.child.name}: only {got} of {self.clients} clients "
-                  f"{'joined' if self.join else 'connected'}; errors: {r['errors']}", flush=True)
+            print(f"  ! {self.name}: only {got} of {self.clients} clients "
+                  f"{'joined' if self.join else 'connected'}; failures: {_report.counts(r['failures'])}",
+                  flush=True)
         return r
 
     def command(self, line: str) -> None:
-        self.child.send(line)
+        self.node.command(line)
 
     def done(self) -> dict[str, Any]:
-        return json.loads(self.child.expect(_event("done"), self.timeout + 60))
+        return self.node.event("done")
 
     def stop(self) -> None:
-        self.child.stop()
+        self.node.stop()
 
 
 def _busy(done: dict[str, Any], end_key: str = "end_at") -> float:
@@ -304,6 +179,8 @@ def warm_up(opts: "Options", running: Running) -> None:
 @dataclass
 class Options:
     servers: tuple[str, ...] = tuple(SPECS)
+    specs: dict[str, Spec] = field(default_factory=lambda: dict(SPECS))  # name -> spec, the external one too
+    external_timeout: float = 120.0
     runs: int = 3
     sizes: tuple[int, ...] = (500, 1000, 2000, 5000)  # sweep: subscriber counts
     broadcasts: int = 100  # sweep: broadcasts per measurement, at least
@@ -385,6 +262,7 @@ def measure_sweep(opts: Options, running: Running, run: int, clients: int, hook:
         ops=done["deliveries"],
         generator_busy=_busy(done, "last_at"),
         extra={
+            "trouble": trouble(ready, done),
             "joined": ready["joined"], "broadcasts": broadcasts, "deliveries": done["deliveries"],
             "cut": done["cut"], "missing": 0 if done["cut"] else done["missing"],
             "expected": done["expected"], "closed_early": done["closed_early"],
@@ -417,6 +295,7 @@ def measure_roundtrip(opts: Options, running: Running, run: int, hook: Hook | No
         ops=done["replies"],
         generator_busy=_busy(done),
         extra={
+            "trouble": trouble(ready, done),
             "joined": ready["joined"], "replies": done["replies"], "p50_ms": done["p50_ms"],
             "p90_ms": done["p90_ms"], "p99_ms": done["p99_ms"], "max_ms": done["max_ms"],
             "mean_ms": done["mean_ms"], "outstanding": done["outstanding"], "redis_cpu": rcpu,
@@ -427,11 +306,12 @@ def measure_roundtrip(opts: Options, running: Running, run: int, hook: Hook | No
 
 def measure_memory(opts: Options, running: Running, run: int, hook: Hook | None = None) -> Row:
     baseline, redis_baseline = running.rss(), running.redis_rss()
+    if baseline is None:
+        raise BenchmarkError("its process cannot be read in /proc (another user's?): no memory figure")
     n = opts.memory_clients
-    share, extra = divmod(n, opts.memory_generators)
     gens = [
-        Generator(opts, running, f"{running.tag}-gen{i}", share + (1 if i < extra else 0))
-        for i in range(opts.memory_generators)
+        Generator(opts, running, f"{running.tag}-gen{i}", clients)
+        for i, clients in enumerate(split(n, opts.memory_generators))
     ]
     try:
         readies = [g.ready() for g in gens]
@@ -441,7 +321,7 @@ def measure_memory(opts: Options, running: Running, run: int, hook: Hook | None 
         for g in gens:
             g.stop()
     joined = sum(r["joined"] for r in readies)
-    per_server = (loaded - baseline) / max(1, joined)
+    per_server = ((loaded or baseline) - baseline) / max(1, joined)
     per_redis = (redis_loaded - redis_baseline) / max(1, joined)
     return Row(
         "memory", running.spec.name, run, n,
@@ -480,6 +360,7 @@ def measure_joinstorm(opts: Options, running: Running, run: int, hook: Hook | No
         ops=done["replies"],
         generator_busy=_busy(done),
         extra={
+            "trouble": trouble(ready, done),
             "connected": ready["connected"], "joins": done["replies"], "missing": done["missing"],
             "seconds": seconds, "connect_seconds": ready["connect_seconds"], "redis_cpu": rcpu,
             "first_reply_ms": (done["first_reply_at"] - done["trigger_at"]) if done["first_reply_at"] else None,
@@ -496,10 +377,25 @@ MEASURES = {
 }
 
 
+def trouble(ready: dict[str, Any], done: dict[str, Any]) -> str:
+    """Connections that failed or closed, and error replies: "" when there were none."""
+    parts = []
+    failures = _report.merge_counts(ready.get("failures"), done.get("failures"))
+    if failures:
+        parts.append(f"failed to connect or join: {_report.counts(failures)}")
+    if done.get("closed_early"):
+        parts.append(f"{done['closed_early']} closed early: {_report.counts(done['close_codes'])}")
+    if done.get("server_errors"):
+        parts.append(f"error replies: {_report.counts(done['server_errors'])}")
+    return "; ".join(parts)
+
+
 def print_row(r: Row) -> None:
     e = r.extra
     head = f"  {WORKLOAD_TITLES[r.workload]:10s} run {r.run} {r.server:10s}"
     busy = f"server CPU {r.server_cpu:.2f} s; generator busy {100 * r.generator_busy:.0f}%"
+    if e.get("trouble"):
+        busy += f"; {e['trouble']}"
     if r.extra.get("redis_cpu"):
         busy += f"; redis CPU {e['redis_cpu']:.2f} s"
     if r.workload == "sweep":
@@ -541,7 +437,7 @@ def run_workload(opts: Options, workload: str) -> Outcome:
     out = Outcome(workload, sizes=sizes if workload == "sweep" else ())
     servers = [s for s in opts.servers]
     for name in list(servers):
-        why = unavailable(SPECS[name])
+        why = unavailable(opts.specs[name])
         if why:
             out.unavailable[name] = why
             servers.remove(name)
@@ -552,7 +448,7 @@ def run_workload(opts: Options, workload: str) -> Outcome:
                 if name in out.unavailable:
                     continue
                 try:
-                    row = measure_once(opts, workload, SPECS[name], run, size)
+                    row = measure_once(opts, workload, opts.specs[name], run, size)
                 except BenchmarkError as e:
                     reason = str(e).splitlines()[0][:200]
                     print(f"  ! {WORKLOAD_TITLES[workload]} {name}: n/a ({reason})", flush=True)
@@ -583,7 +479,7 @@ def _fmt(workload: str, x: float) -> str:
     return f"{x:.1f}" if workload == "memory" else f"{x:,.0f}"
 
 
-def table_rows(outcome: Outcome, servers: Iterable[str]) -> list[tuple[str, ...]]:
+def table_rows(outcome: Outcome, servers: Iterable[str], specs: dict[str, Spec]) -> list[tuple[str, ...]]:
     """Per size and server: median, range, ratios, CPU per operation, generator busy, details."""
     w = outcome.workload
     rows: list[tuple[str, ...]] = []
@@ -596,7 +492,7 @@ def table_rows(outcome: Outcome, servers: Iterable[str]) -> list[tuple[str, ...]
         floor = FLOORS[w]
         title = WORKLOAD_TITLES[w] + (f" C={size:,}" if size else "")
         for name in servers:
-            label = SPECS[name].label
+            label = specs[name].label
             if name in outcome.unavailable and name not in rs_by:
                 rows.append((title, label, f"n/a ({outcome.unavailable[name]})", "", "", "", "", "", ""))
                 continue
@@ -655,13 +551,14 @@ HEADER = (
 )
 
 
-def combined_table(outcomes: list[Outcome], servers: Iterable[str], extra_rows: list[tuple[str, ...]] = ()) -> str:
+def combined_table(outcomes: list[Outcome], servers: Iterable[str], specs: dict[str, Spec],
+                   extra_rows: list[tuple[str, ...]] = ()) -> str:
     servers = list(servers)
     rows: list[tuple[str, ...]] = []
     for o in outcomes:
-        rows.extend(table_rows(o, servers))
+        rows.extend(table_rows(o, servers, specs))
     rows.extend(extra_rows)
-    return rst_table(HEADER, rows)
+    return _report.rst_table(HEADER, rows)
 
 
 def legend(outcomes: list[Outcome]) -> str:
@@ -680,53 +577,26 @@ def legend(outcomes: list[Outcome]) -> str:
 
 def profile(opts: Options, workload: str, spec: Spec, size: int = 0) -> str:
     """One more measurement with py-spy on the server during the window; the report."""
-    spy = require_py_spy()
-    out = os.path.join(opts.logdir, f"{workload}-{spec.name}-profile.py-spy.txt")
-    holder: dict[str, subprocess.Popen[bytes]] = {}
+    _pyspy.require()
+    holder: dict[str, Any] = {}
 
     def hook(running: Running, phase: str) -> None:
         if phase == "start":
-            holder["p"] = start_py_spy(spy, running.server.pid, out, opts.profile_rate)
-            time.sleep(1.0)  # let py-spy attach
+            holder["cm"] = _pyspy.profiling({"server": running.server.pid}, opts.logdir,
+                                            f"{workload}-{spec.name}-profile", opts.profile_rate)
+            holder["outs"] = holder["cm"].__enter__()
         else:
-            stop_py_spy(holder["p"])
+            holder["cm"].__exit__(None, None, None)
 
     row = measure_once(opts, workload, spec, 0, size or (opts.sizes[-1] if workload == "sweep" else 0), hook)
     head = (
         f"py-spy ({opts.profile_rate} Hz) of {spec.label} during the {WORKLOAD_TITLES[workload]} "
         f"({_fmt(workload, row.value)} {UNITS[workload]} under the profiler, server CPU {row.server_cpu:.2f} s):"
     )
-    return head + "\n" + collapsed_report(out, opts.profile_top)
+    return head + "\n" + _pyspy.report(holder["outs"]["server"], opts.profile_top)
 
 
 # -- the commands --------------------------------------------------------------------
-
-
-def prepare(opts: Options, need_files: int) -> tuple[dict[str, str], bool]:
-    soft, _ = raise_nofile()
-    if soft < need_files:
-        raise BenchmarkError(f"open files are capped at {soft} (ulimit -Hn); this run needs {need_files}")
-    ensure_node_modules()
-    own = not opts.logdir
-    if own:
-        opts.logdir = tempfile.mkdtemp(prefix="twisted-phoenix-bench-")
-    else:
-        os.makedirs(opts.logdir, exist_ok=True)
-    info = machine_info()
-    info.update(versions())
-    return info, own
-
-
-def print_machine(info: dict[str, str]) -> None:
-    print(
-        "machine: {nproc} x {cpu}; Python {python}, Twisted {twisted} ({reactor}), "
-        "Autobahn {autobahn}, Node {node}, ws {ws}".format(**info),
-        flush=True,
-    )
-    peers = ", ".join(f"{k} {v}" for k, v in info.items()
-                      if k not in ("nproc", "cpu", "python", "twisted", "reactor", "autobahn", "node", "ws"))
-    print(f"peers: {peers}", flush=True)
-    print("load average at the start: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()), flush=True)
 
 
 def need_files(opts: Options, workloads: Iterable[str]) -> int:
@@ -735,29 +605,6 @@ def need_files(opts: Options, workloads: Iterable[str]) -> int:
         n = max(n, {"sweep": max(opts.sizes, default=0), "roundtrip": opts.roundtrip_clients,
                     "memory": opts.memory_clients, "joinstorm": opts.join_clients}[w])
     return n + 200
-
-
-def write_json(opts: Options, info: dict[str, str], outcomes: list[Outcome], extra: dict[str, Any]) -> None:
-    if not opts.json_path:
-        return
-    with open(opts.json_path, "w") as f:
-        json.dump(
-            {
-                "options": asdict(opts),
-                "machine": info,
-                "labels": {name: spec.label for name, spec in SPECS.items()},
-                "outcomes": [
-                    {"workload": o.workload, "sizes": list(o.sizes), "unavailable": o.unavailable,
-                     "rows": [asdict(r) for r in o.rows]}
-                    for o in outcomes
-                ],
-                **extra,
-            },
-            f,
-            indent=2,
-            default=str,
-        )
-    print(f"\nraw results written to {opts.json_path}", flush=True)
 
 
 def describe(opts: Options, workload: str) -> str:
@@ -774,47 +621,228 @@ def describe(opts: Options, workload: str) -> str:
     return f"join storm: {opts.join_clients:,} open connections all sending their join at once"
 
 
-def run(opts: Options, workloads: tuple[str, ...], cluster_hook: Callable[[], list[tuple[str, ...]]] | None = None,
-        ) -> list[Outcome]:
+def run_all(opts: Options, workloads: tuple[str, ...], machine: dict[str, str],
+            cluster_hook: Callable[[], list[tuple[str, ...]]] | None = None) -> list[Outcome]:
     """Run ``workloads`` in order; print each one's runs, then one combined table."""
-    info, own_logdir = prepare(opts, need_files(opts, workloads))
     print(f"{opts.runs} run(s) of every server ({', '.join(opts.servers)}), interleaved; every figure "
           "measured side by side in this one invocation", flush=True)
-    print_machine(info)
+    print("peers: " + ", ".join(f"{k} {v}" for k, v in _report.peer_versions().items()), flush=True)
+    for name in opts.servers:
+        spec = opts.specs[name]
+        if spec.kind == "phoenix":
+            print(f"  {name}: twistd -n phoenix --port N (the plugin's defaults)", flush=True)
+        elif spec.kind == "external":
+            print(f"  {name}: {spec.command or '(already running)'} on port {spec.port}", flush=True)
     outcomes: list[Outcome] = []
     extra_rows: list[tuple[str, ...]] = []
     profiles: dict[str, str] = {}
     started = time.monotonic()
-    try:
+    for w in workloads:
+        print(f"\n{describe(opts, w)}", flush=True)
+        outcomes.append(run_workload(opts, w))
+    if cluster_hook is not None:
+        extra_rows = cluster_hook()
+    print(f"\nall workloads, median of {opts.runs} run(s) ({time.monotonic() - started:.0f} s):")
+    for w in workloads:
+        print(f"  {describe(opts, w)}")
+    print(combined_table(outcomes, opts.servers, opts.specs, extra_rows))
+    print(legend(outcomes))
+    _report.print_load_end()
+    rows = [r for o in outcomes for r in o.rows]
+    if any(r.generator_busy > 0.9 for r in rows):
+        print("\nWARNING: a load generator was busy over 90% of the time: it may be the limit.", flush=True)
+    if any(r.extra.get("missing") for r in rows):
+        print("\nWARNING: some deliveries or join replies never arrived (see the runs above).", flush=True)
+    if opts.profile == "py-spy":
         for w in workloads:
-            print(f"\n{describe(opts, w)}", flush=True)
-            outcomes.append(run_workload(opts, w))
-        if cluster_hook is not None:
-            extra_rows = cluster_hook()
-        print(f"\nall workloads, median of {opts.runs} run(s) ({time.monotonic() - started:.0f} s):")
-        for w in workloads:
-            print(f"  {describe(opts, w)}")
-        print(combined_table(outcomes, opts.servers, extra_rows))
-        print(legend(outcomes))
-        print("load average at the end: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()), flush=True)
-        rows = [r for o in outcomes for r in o.rows]
-        if any(r.generator_busy > 0.9 for r in rows):
-            print("\nWARNING: a load generator was busy over 90% of the time: it may be the limit.", flush=True)
-        if any(r.extra.get("missing") for r in rows):
-            print("\nWARNING: some deliveries or join replies never arrived (see the runs above).", flush=True)
-        if opts.profile == "py-spy":
-            for w in workloads:
-                if w == "memory":
-                    continue
-                for name in opts.profile_servers:
-                    if name in opts.servers and not unavailable(SPECS[name]):
-                        print()
-                        text = profile(opts, w, SPECS[name])
-                        profiles[f"{w}/{name}"] = text
-                        print(text, flush=True)
-        write_json(opts, info, outcomes, {"profiles": profiles, "extra_rows": extra_rows})
-    finally:
-        Child.kill_all()
-        if own_logdir:
-            shutil.rmtree(opts.logdir, ignore_errors=True)
+            if w == "memory":
+                continue
+            for name in opts.profile_servers:
+                if name in opts.servers and not unavailable(opts.specs[name]):
+                    print()
+                    text = profile(opts, w, opts.specs[name])
+                    profiles[f"{w}/{name}"] = text
+                    print(text, flush=True)
+    _report.write_json(opts.json_path, {
+        "options": {k: v for k, v in asdict(opts).items() if k != "specs"},
+        "machine": machine,
+        "labels": {name: spec.label for name, spec in opts.specs.items()},
+        "outcomes": [
+            {"workload": o.workload, "sizes": list(o.sizes), "unavailable": o.unavailable,
+             "rows": [asdict(r) for r in o.rows]}
+            for o in outcomes
+        ],
+        "profiles": profiles,
+        "extra_rows": extra_rows,
+    })
     return outcomes
+
+
+# -- command line ---------------------------------------------------------------------
+
+#: ``all --quick``: a smoke run of every code path, a few minutes.
+QUICK = dict(
+    runs=1,
+    sizes=(200, 500),
+    broadcasts=20,
+    min_deliveries=20_000,
+    budget=10.0,
+    roundtrip_clients=20,
+    roundtrip_seconds=2.0,
+    memory_clients=500,
+    join_clients=500,
+    timeout=60.0,
+)
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(s.replace("_", "")) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of counts: {text!r}")
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError("counts must be positive")
+    return sizes
+
+
+def arguments(command: str) -> Callable[[argparse.ArgumentParser], None]:
+    """The options of ``command``."""
+
+    def add(p: argparse.ArgumentParser) -> None:
+        d = Options()
+        _cli.add_servers(p, ",".join(SPECS))
+        p.add_argument("--runs", type=int, default=d.runs, help=f"runs of every server, interleaved ({d.runs})")
+        if command in ("sweep", "all"):
+            p.add_argument("--sizes", type=_sizes, default=d.sizes,
+                           help="fan-out subscriber counts (" + ",".join(map(str, d.sizes)) + ")")
+            p.add_argument("--broadcasts", type=int, default=d.broadcasts,
+                           help=f"fan-out broadcasts per measurement, at least ({d.broadcasts})")
+            p.add_argument("--min-deliveries", type=int, default=d.min_deliveries,
+                           help="more broadcasts at small sizes, so that every fan-out makes at least "
+                                f"this many deliveries ({d.min_deliveries:,})")
+            p.add_argument("--budget", type=float, default=d.budget,
+                           help="seconds a fan-out may take; a slower server's is cut there and its rate "
+                                f"taken over the deliveries made ({d.budget:g})")
+        if command in ("roundtrip", "all"):
+            p.add_argument("--roundtrip-clients", type=int, default=d.roundtrip_clients,
+                           help=f"round-trip clients ({d.roundtrip_clients})")
+            p.add_argument("--seconds", dest="roundtrip_seconds", type=float, default=d.roundtrip_seconds,
+                           help=f"round-trip duration per measurement ({d.roundtrip_seconds:g})")
+        if command in ("memory", "all"):
+            p.add_argument("--memory-clients", type=int, default=d.memory_clients,
+                           help=f"connected, joined clients for the memory figure ({d.memory_clients})")
+            p.add_argument("--memory-generators", type=int, default=d.memory_generators,
+                           help=f"Node processes splitting them ({d.memory_generators})")
+        if command in ("joinstorm", "all"):
+            p.add_argument("--join-clients", type=int, default=d.join_clients,
+                           help=f"connections joining at once ({d.join_clients})")
+        if command == "all":
+            p.add_argument("--quick", action="store_true",
+                           help="a short smoke run: 1 run, small sizes (overrides the sizes and runs)")
+            p.add_argument("--no-cluster", action="store_true", help="leave out the cluster fan-out")
+        p.add_argument("--message-bytes", type=int, default=d.message_bytes,
+                       help=f"bytes of each broadcast's JSON text ({d.message_bytes})")
+        p.add_argument("--timeout", type=float, default=d.timeout,
+                       help=f"seconds allowed for connecting, and for each workload's window ({d.timeout:g})")
+        p.add_argument("--concurrency", type=int, default=d.concurrency,
+                       help=f"connection attempts in flight per generator ({d.concurrency})")
+        if command != "memory":
+            p.add_argument("--profile", choices=("none", "py-spy"), default="none",
+                           help="after the runs, one more run of each --profile-servers server with py-spy "
+                                "on it during the window (round trip, join storm, fan-out at the largest size)")
+            p.add_argument("--profile-servers", default="phoenix", help="comma-separated (phoenix)")
+            p.add_argument("--profile-top", type=int, default=25, help="profile entries to print (25)")
+            p.add_argument("--profile-rate", type=int, default=d.profile_rate,
+                           help=f"py-spy samples per second ({d.profile_rate})")
+        _cli.add_output(p)
+
+    return add
+
+
+def options(parser: argparse.ArgumentParser, args: argparse.Namespace, logdir: str) -> Options:
+    specs = _cli.servers(parser, args)
+    fields = {f.name for f in dataclasses.fields(Options)}
+    values: dict[str, Any] = {k: v for k, v in vars(args).items() if k in fields}
+    values["servers"] = tuple(spec.name for spec in specs)
+    values["specs"] = {spec.name: spec for spec in specs}
+    values["logdir"] = logdir
+    if "profile_servers" in values:
+        values["profile_servers"] = _cli.split(args.profile_servers)
+    if getattr(args, "quick", False):
+        values.update(QUICK)
+    opts = Options(**values)
+    unknown = [s for s in opts.profile_servers if s not in opts.specs]
+    if unknown:
+        parser.error(f"unknown --profile-servers: {', '.join(unknown)}")
+    counts = (opts.runs, opts.broadcasts, opts.roundtrip_clients, opts.memory_clients, opts.memory_generators,
+              opts.join_clients, *opts.sizes)
+    if min(counts) < 1 or opts.roundtrip_seconds <= 0 or opts.budget <= 0:
+        parser.error("counts and durations must be positive")
+    return opts
+
+
+def runner(command: str) -> Callable[[argparse.ArgumentParser, argparse.Namespace], None]:
+    def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+        workloads = ("sweep", "roundtrip", "memory", "joinstorm") if command == "all" else (command,)
+        checked = options(parser, args, "")  # the options are checked before anything starts
+        with _cli.workspace(args, need_files=need_files(checked, workloads)) as ws:
+            opts = options(parser, args, ws.logdir)
+            cluster_hook = None
+            if command == "all" and not args.no_cluster:
+                cluster_hook = lambda: cluster_rows(ws, opts, quick=args.quick)  # noqa: E731
+            run_all(opts, workloads, ws.machine, cluster_hook)
+
+    return run
+
+
+def register(sub: Any) -> None:
+    for command in COMMANDS:
+        _cli.subcommand(sub, command, HELP[command], __doc__, arguments(command), runner(command))
+
+
+def cluster_rows(ws: _cli.Run, opts: Options, quick: bool) -> list[tuple[str, ...]]:
+    """
+    The cluster fan-out (``benchmarks/cluster.py``), run with its own
+    defaults (or small sizes with ``--quick``); its table is printed as it
+    runs, and its medians become rows of the combined table.
+    """
+    from benchmarks import cluster
+
+    blank = ("", "", "", "", "", "")
+    values: dict[str, Any] = {
+        "clients": 4000, "broadcasts": 100, "runs": opts.runs, "message_bytes": 100, "latency_clients": 40,
+        "latency_broadcasts": 500, "latency_interval": 5.0, "timeout": 120.0, "concurrency": opts.concurrency,
+    }
+    if quick:
+        values.update(clients=500, broadcasts=20, latency_clients=20, latency_broadcasts=50, timeout=60.0)
+    try:
+        print("\ncluster fan-out (benchmarks/cluster.py):", flush=True)
+        results = cluster.run_cluster(ws, argparse.Namespace(**values), cluster.WORKLOADS)
+    except BenchmarkError as e:
+        reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        return [("cluster fan-out", "twisted_phoenix, 3 nodes", f"n/a ({reason})", *blank)]
+    by: dict[str, list[Any]] = {}
+    for r in results:
+        by.setdefault(r.workload, []).append(r)
+    med = {w: statistics.median(r.rate for r in rs) for w, rs in by.items()}
+    rows = []
+    for w, rs in by.items():
+        rates = [r.rate for r in rs]
+        cpu = statistics.median(sum(r.node_cpu.values()) / max(1, r.deliveries) for r in rs)
+        latency = ""
+        lat = [r.latency for r in rs if r.latency]
+        if lat:
+            latency = (f"latency p50 {statistics.median(x['p50'] for x in lat):.2f} ms, "
+                       f"p99 {statistics.median(x['p99'] for x in lat):.2f} ms")
+        rows.append((
+            f"cluster fan-out C={rs[0].clients:,}",
+            "twisted_phoenix, " + cluster.LABELS[w].split(":")[0],
+            f"{med[w]:,.0f}",
+            f"{min(rates):,.0f}-{max(rates):,.0f}",
+            "-",
+            f"{med[w] / med['single']:.2f}" if med.get("single") else "-",
+            f"{1e6 * cpu:.1f} µs",
+            f"{100 * statistics.median(r.generator_busy for r in rs):.0f}%",
+            latency,
+        ))
+    return rows

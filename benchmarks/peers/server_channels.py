@@ -2,9 +2,9 @@
 The Django Channels 4 peer: Daphne serving an ``AsyncWebsocketConsumer``,
 with the Redis channel layer (``channels_redis``).
 
-``python -m benchmarks.peers.server_channels REDIS_PORT`` serves WebSocket
-at ``/ws/`` on a free loopback port; the harness starts ``redis-server`` on
-``REDIS_PORT`` first.  Daphne runs in this process, as ``daphne`` would run
+``python -m benchmarks.peers.server_channels --port N --redis-port R``
+serves WebSocket at ``/ws/`` on 127.0.0.1; the harness starts
+``redis-server`` on ``R`` first.  Daphne runs in this process, as ``daphne`` would run
 it (its asyncio reactor, default options but for the listen backlog), with
 Django configured in code (no database, ``DEBUG`` off).  The consumer speaks
 the same subset of Phoenix's V2 JSON as the Autobahn floors, with the
@@ -25,8 +25,6 @@ instead of failing, and has no socket timeout
 """
 
 from __future__ import annotations
-
-import sys
 
 # Daphne installs the asyncio reactor when imported; first.
 import daphne.server  # isort:skip
@@ -93,31 +91,19 @@ def configure(redis_port: int) -> Any:
     return ProtocolTypeRouter({"websocket": URLRouter([path("ws/", PingConsumer.as_asgi())])})
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) != 1 or not argv[0].isdigit():
-        sys.exit("usage: python -m benchmarks.peers.server_channels REDIS_PORT")
-    from twisted.internet import reactor, stdio
+def main(argv: list[str] | None = None) -> None:
+    from benchmarks.peers._args import parse
 
-    from benchmarks._control import Control, raise_nofile
-
-    raise_nofile()
-    application = configure(int(argv[0]))
-
-    class BenchServer(daphne.server.Server):
-        def listen_success(self, port: Any) -> None:
-            super().listen_success(port)
-            control = Control(reactor)
-            stdio.StandardIO(control, reactor=reactor)
-            control.reply(f"PORT {port.getHost().port}")
-
-    server = BenchServer(
+    args = parse("python -m benchmarks.peers.server_channels", argv, redis=True)
+    application = configure(args.redis_port)
+    server = daphne.server.Server(
         application=application,
-        endpoints=["tcp:port=0:interface=127.0.0.1:backlog=1024"],
-        signal_handlers=False,
+        endpoints=[f"tcp:port={args.port}:interface=127.0.0.1:backlog=1024"],
+        signal_handlers=True,
         verbosity=0,
     )
     server.run()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

@@ -1,8 +1,8 @@
 """
 The python-socketio 5 peer, on aiohttp.
 
-``python -m benchmarks.peers.server_socketio`` serves Socket.IO at
-``/socket.io/`` on a free loopback port (``socketio.AsyncServer`` with
+``python -m benchmarks.peers.server_socketio --port N`` serves Socket.IO at
+``/socket.io/`` on 127.0.0.1 (``socketio.AsyncServer`` with
 ``async_mode="aiohttp"``, attached to an ``aiohttp.web.Application``):
 
 * event ``join`` with an ack: ``enter_room(sid, topic)``, acked
@@ -13,11 +13,11 @@ The python-socketio 5 peer, on aiohttp.
   room fan-out (the packet is encoded once and sent to every member).
 
 Defaults otherwise, but for the Engine.IO heartbeat: every hour instead of
-every 25 s (with 20 s to answer), as twisted_phoenix's idle timeout is raised
-to an hour: busy with a long fan-out, the server would otherwise drop
-clients whose pongs it had not read in time.
-The load generator connects straight to the WebSocket transport
-(``?EIO=4&transport=websocket``), without the long-polling first step.
+every 25 s (with 20 s to answer): busy with a long fan-out, the server would
+otherwise drop clients whose pongs it had not read in time.  The load
+generator connects straight to the WebSocket transport
+(``?EIO=4&transport=websocket``), without the long-polling first step, and
+answers every Engine.IO ping.
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ from typing import Any
 import socketio
 from aiohttp import web
 
-from benchmarks.peers import _aio
+from benchmarks.peers._args import BACKLOG, parse
 
-#: Engine.IO's heartbeat, every 25 s with 20 s to answer by default: raised,
-#: as twisted_phoenix's idle timeout is (see the module's docstring).
+#: Engine.IO's heartbeat, every 25 s with 20 s to answer by default: raised
+#: (see the module's docstring).
 PING_SECONDS = 3600
 
 
@@ -61,17 +61,16 @@ def make_server() -> socketio.AsyncServer:
 
 
 async def main() -> None:
-    _aio.setup()
+    args = parse("python -m benchmarks.peers.server_socketio")
     sio = make_server()
     app = web.Application()
     sio.attach(app)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, backlog=_aio.BACKLOG)
+    site = web.TCPSite(runner, "127.0.0.1", args.port, backlog=BACKLOG)
     await site.start()
     try:
-        port = runner.addresses[0][1]
-        await _aio.serve_until_quit(port)
+        await asyncio.Event().wait()
     finally:
         await runner.cleanup()
 

@@ -1,9 +1,9 @@
 """
 The ``websockets`` peer (asyncio, its new ``websockets.asyncio`` API).
 
-``python -m benchmarks.peers.server_websockets`` serves WebSocket at ``/``
-on a free loopback port and speaks the same subset of Phoenix's V2 JSON as
-the Autobahn floors, with the standard library's ``json``:
+``python -m benchmarks.peers.server_websockets --port N`` serves WebSocket
+at ``/`` on 127.0.0.1 and speaks the same subset of Phoenix's V2 JSON as the
+Autobahn floors, with the standard library's ``json``:
 
 * ``[join_ref, ref, topic, "phx_join", {}]`` adds the connection to the
   topic's set and is answered ``[join_ref, ref, topic, "phx_reply",
@@ -11,8 +11,8 @@ the Autobahn floors, with the standard library's ``json``:
 * ``[.., .., topic, "broadcast", payload]`` encodes ``[null, null, topic,
   "broadcast", payload]`` once and hands it to ``websockets``'
   ``broadcast()`` helper with the topic's set;
-* any other push (the round trip's ``ping``) is echoed back with
-  ``await websocket.send(message)``.
+* any other push (the round trip's ``ping``, a heartbeat) is echoed back
+  with ``await websocket.send(message)``.
 
 Server defaults otherwise (keepalive pings every 20 s, answered by the
 generator's ``ws``; no compression, which the generator does not offer).
@@ -22,12 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
 
 from websockets.asyncio.server import ServerConnection, broadcast, serve
 from websockets.exceptions import ConnectionClosed
 
-from benchmarks.peers import _aio
+from benchmarks.peers._args import BACKLOG, parse
 
 _COMPACT = (",", ":")
 TOPICS: dict[str, set[ServerConnection]] = {}
@@ -56,10 +55,9 @@ async def handler(websocket: ServerConnection) -> None:
 
 
 async def main() -> None:
-    _aio.setup()
-    async with serve(handler, "127.0.0.1", 0, compression=None, backlog=_aio.BACKLOG) as server:
-        port = next(iter(server.sockets)).getsockname()[1]
-        await _aio.serve_until_quit(port)
+    args = parse("python -m benchmarks.peers.server_websockets")
+    async with serve(handler, "127.0.0.1", args.port, compression=None, backlog=BACKLOG) as server:
+        await server.serve_forever()
 
 
 if __name__ == "__main__":

@@ -1,17 +1,23 @@
 """
-A node of the presence benchmark: an :class:`~twisted_phoenix.Endpoint`
-(its :class:`~twisted_phoenix.presence.Presence`, started as ``twistd
-phoenix`` starts it) and a :class:`~twisted_phoenix.cluster.Node` sharing
-the endpoint's PubSub.  No HTTP listener and no WebSocket clients:
-presences are tracked server-side, through the Tracker API
-(``tracker.track(owner, topic, key, meta)``, one owner per presence, as one
-channel per presence would be), since what is measured is replication.
+A node of the presence benchmark, started as ``twistd -n phoenix`` starts any
+node::
 
-``python -m benchmarks.server_presence --name N --cookie C --mapper-port P
---broadcast-period S [--down-period S] [--gc-threshold N] [--connect OTHER]...``
-starts the node and prints ``NODE <name> <replica> <path>`` (the path of
-the ``twisted_phoenix`` package it runs) once it listens for links, then
-takes the commands of :mod:`benchmarks._control` on stdin, and these:
+    BENCH_PRESENCE='{"broadcast_period": 1.5, "down_period": 30, "gc_threshold": 0}' \
+    twistd -n --pidfile= --logfile=node.log phoenix --no-http --name N --cookie C \
+        --epmd-port P [--connect OTHER]... --endpoint benchmarks.apps.presence:Endpoint
+
+an :class:`~twisted_phoenix.Endpoint` (its :class:`~twisted_phoenix.presence.Presence`
+with the tracker options of ``$BENCH_PRESENCE``) and the plugin's cluster
+:class:`~twisted_phoenix.cluster.Node` sharing its PubSub (the PubSub's
+adapter).  No HTTP listener and no WebSocket clients: presences are tracked
+server-side, through the Tracker API (``tracker.track(owner, topic, key,
+meta)``, one owner per presence, as one channel per presence would be),
+since what is measured is replication.  twistd logs to a file; standard
+input and output are the harness's control channel.
+
+Once the node listens for links it prints ``NODE <name> <replica> <path>``
+(the path of the ``twisted_phoenix`` package it runs), then takes these
+commands on stdin, one a line:
 
 ``status``
     ``STATUS <links> <replicas up> <entries>``: linked nodes, other
@@ -56,19 +62,29 @@ takes the commands of :mod:`benchmarks._control` on stdin, and these:
     cluster links dropped because they were congested.
 ``mark``
     ``MARKED``: forget when the last delta left (see ``gossip``).
+``profile-start``, ``profile-stop <path>``
+    cProfile on, and off with its stats written to ``path``; ``OK``.
+``quit`` (or the end of stdin)
+    stop the reactor (twistd shuts down, the node leaves the cluster).
 """
 
 from __future__ import annotations
 
-import argparse
 import collections
+import cProfile
 import gc
+import json
+import os
 import time
 from typing import Any, Callable
 
 from twisted.internet import stdio
+from twisted.protocols.basic import LineReceiver
 
-from benchmarks._control import Control, raise_nofile, start_logging
+from twisted_phoenix import Endpoint as BaseEndpoint
+
+#: Tracker options and the GC threshold, from the harness.
+OPTIONS: dict[str, Any] = json.loads(os.environ.get("BENCH_PRESENCE") or "{}")
 
 
 class Stats:
@@ -147,11 +163,14 @@ def count_link_bytes(stats: Stats) -> None:
     link.Link.send_broadcast = send_broadcast  # type: ignore[method-assign]
 
 
-class PresenceControl(Control):
+class PresenceControl(LineReceiver):
     """The harness's commands (see the module docstring)."""
 
+    delimiter = b"\n"
+
     def __init__(self, reactor: Any, node: Any, presence: Any, stats: Stats) -> None:
-        super().__init__(reactor)
+        self.reactor = reactor
+        self.profiler: cProfile.Profile | None = None
         self.node = node
         self.presence = presence
         self.tracker = presence.tracker
@@ -194,7 +213,7 @@ class PresenceControl(Control):
         command, args = words[0], words[1:]
         handler = getattr(self, "do_" + command.replace("-", "_"), None)
         if handler is None:
-            super().lineReceived(line)
+            self.reply(f"ERROR unknown command {command!r}")
             return
         try:
             handler(*args)
@@ -284,52 +303,47 @@ class PresenceControl(Control):
         self.reply("MARKED")
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.server_presence")
-    parser.add_argument("--name", required=True, help="this node's name (name@127.0.0.1)")
-    parser.add_argument("--cookie", default="benchmark-cookie")
-    parser.add_argument("--mapper-port", type=int, required=True, help="the port mapper's port")
-    parser.add_argument("--connect", action="append", default=[], help="a node to link to; repeatable")
-    parser.add_argument("--broadcast-period", type=float, default=1.5)
-    parser.add_argument("--down-period", type=float, default=30.0)
-    parser.add_argument("--gc-threshold", type=int, default=0, help="the GC's first threshold; 0: Python's")
-    args = parser.parse_args(argv)
-    if args.gc_threshold:
-        gc.set_threshold(args.gc_threshold, *gc.get_threshold()[1:])
+    def do_profile_start(self) -> None:
+        self.profiler = cProfile.Profile()
+        self.profiler.enable()
+        self.reply("OK")
 
-    from twisted.internet import reactor
+    def do_profile_stop(self, path: str) -> None:
+        if self.profiler is not None:
+            self.profiler.disable()
+            self.profiler.dump_stats(path)
+            self.profiler = None
+        self.reply("OK")
 
-    from twisted_phoenix import Endpoint
-    from twisted_phoenix.cluster import Node
-    from twisted_phoenix.pubsub import PubSub
+    def do_quit(self) -> None:
+        self.connectionLost()
 
-    class BenchEndpoint(Endpoint):
-        presence_options = {"broadcast_period": args.broadcast_period, "down_period": args.down_period}
+    def reply(self, text: str) -> None:
+        self.transport.write(text.encode() + b"\n")
 
-    raise_nofile()
-    start_logging()
-    stats = Stats()
-    count_link_bytes(stats)
-    pubsub = PubSub(args.name)
-    endpoint = BenchEndpoint(reactor, node_name=args.name, secret_key_base="x" * 64, pubsub=pubsub)
-    node = Node(reactor, args.name, cookie=args.cookie, pubsub=pubsub, mapper_port=args.mapper_port,
-                connect=args.connect)
-    control = PresenceControl(reactor, node, endpoint.presence, stats)
-    stdio.StandardIO(control, reactor=reactor)
-
-    def started(_: Any) -> None:
-        endpoint.start()
-        import twisted_phoenix
-
-        control.reply(f"NODE {args.name} {endpoint.presence.tracker.replica} {twisted_phoenix.__file__}")
-
-    def failed(f: Any) -> None:
-        control.reply(f"ERROR node start: {f.getErrorMessage()}")
-        reactor.stop()
-
-    node.start().addCallbacks(started, failed)
-    reactor.run()
+    def connectionLost(self, reason: Any = None) -> None:
+        if self.reactor.running:
+            self.reactor.stop()
 
 
-if __name__ == "__main__":
-    main()
+class Endpoint(BaseEndpoint):
+    """An endpoint whose start() opens the control channel once the node listens."""
+
+    presence_options = {k: OPTIONS[k] for k in ("broadcast_period", "down_period") if k in OPTIONS}
+
+    def start(self) -> None:
+        if OPTIONS.get("gc_threshold"):
+            gc.set_threshold(int(OPTIONS["gc_threshold"]), *gc.get_threshold()[1:])
+        stats = Stats()
+        count_link_bytes(stats)
+        node = self.pubsub.adapter
+        control = PresenceControl(self.reactor, node, self.presence, stats)
+        super().start()
+
+        def started(_: Any) -> None:
+            import twisted_phoenix
+
+            stdio.StandardIO(control, reactor=self.reactor)
+            control.reply(f"NODE {node.name} {self.presence.tracker.replica} {twisted_phoenix.__file__}")
+
+        node.started.addCallback(started)
