@@ -21,9 +21,14 @@ the tutorial: they and ``twisted-phoenix token`` use the development secret.
 What the pages show is checked against what happens: wscat transcripts
 message by message (``...`` in a message stands for any text inside a JSON
 string), program output as lines in order, server log lines as substrings of
-the server's output.  Each page's test also checks that it ran every
-command of its page; the commands it does not run are listed in
-:data:`NOT_RUN`, with the reason.
+the server's output, and the prose's claims that the tests check (a quoted
+log line, a timing) are looked up in the page too.  Each page's test also
+checks that it ran every command of its page; the setup commands that no
+test runs are listed in :data:`NOT_RUN`, with the reason.
+
+Step 1's browser page is loaded in headless Chromium when it is installed
+(:class:`BrowserTests` is skipped otherwise); its script also runs under
+Node's own WebSocket in any case.
 
 Needs ``npm ci`` in ``tests/js`` (``phoenix``, ``ws`` and ``wscat``).
 """
@@ -68,9 +73,11 @@ PAGES = [
 #: Commands the tutorial shows and these tests do not run, and why.
 NOT_RUN = {
     "mkdir myapp && cd myapp": "the tests make their own directory",
-    "npm install phoenix ws wscat": "tests/js has them installed (npm ci)",
-    "python -m http.server 8000": "serves index.html to a browser; no browser here (browser.js runs under Node)",
+    "npm install phoenix ws wscat": "tests/js has them installed (npm ci): the copy links to them",
 }
+
+#: Headless Chromium, for step 1's page (:class:`BrowserTests`), if installed.
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 #: Seconds any one wait may take (a busy 2-core machine is slow to start Python).
 WAIT = 30.0
@@ -296,10 +303,11 @@ class Shell:
         self.test = test
         self.workdir = tempfile.mkdtemp(prefix="twisted_phoenix-tutorial-")
         test.addCleanup(shutil.rmtree, self.workdir, True)
-        self.ports = {4000: free_port(), 4001: free_port()}
+        self.ports = {4000: free_port(), 4001: free_port(), 8000: free_port()}
         for path in CODE.iterdir():
             if path.is_file():
                 Path(self.workdir, path.name).write_text(self.localize(path.read_text(encoding="utf-8")))
+        os.symlink(os.path.join(JS_DIR, "node_modules"), os.path.join(self.workdir, "node_modules"))
         plugins = tempfile.mkdtemp(prefix="twisted_phoenix-tutorial-plugin-")
         test.addCleanup(shutil.rmtree, plugins, True)
         os.makedirs(os.path.join(plugins, "twisted", "plugins"))
@@ -361,6 +369,8 @@ class Shell:
         if name == "twisted-phoenix":
             return sys.executable, ["-c", CLI, *args]
         if name == "python":
+            if args[:2] == ["-m", "http.server"]:
+                return sys.executable, [*args[:2], str(self.ports[int(args[2])]), "--bind", "127.0.0.1"]
             return sys.executable, args
         if name == "node":
             return shutil.which("node") or "node", args
@@ -443,9 +453,13 @@ class Shell:
         yield self.terminals[terminal].wait()
         return self.terminals[terminal]
 
-    def assert_ran(self, page: Page) -> None:
-        """Every command of ``page`` (but those in :data:`NOT_RUN`) has been run."""
-        missing = [c for c in page.commands() if c not in self.ran and c not in NOT_RUN]
+    def assert_ran(self, page: Page, elsewhere: Iterable[str] = ()) -> None:
+        """
+        Every command of ``page`` has been run, but those in :data:`NOT_RUN`
+        and those another test runs (``elsewhere``).
+        """
+        skip = {*NOT_RUN, *elsewhere}
+        missing = [c for c in page.commands() if c not in self.ran and c not in skip]
         self.test.assertEqual(missing, [], f"{page.name}.rst commands this test did not run")
 
 
@@ -495,7 +509,11 @@ class FirstChannelTests(TutorialTestCase):
         server = yield self.serve_one()
         yield self.shell.replay(page.block("Terminal 2: wscat"))
         self.assertTrue(page.says("``CONNECTED TO UserSocket``") and page.says("``JOINED ping in PingChannel``"))
-        self.assertLog(server, "CONNECTED TO UserSocket", "JOINED ping in PingChannel", "NotImplementedError")
+        self.assertTrue(page.says("It warns that no secret key base is configured"))
+        self.assertLog(
+            server, "No secret key base configured", "CONNECTED TO UserSocket", "JOINED ping in PingChannel",
+            "PingChannel 'ping' crashed", "NotImplementedError",
+        )
 
         block = page.block("Terminal 2", 1)
         [command] = block.commands()
@@ -512,11 +530,58 @@ class FirstChannelTests(TutorialTestCase):
         self.addCleanup(browser.stop, 5.0)
         yield browser.wait_lines(block.output(command))
 
+        # The page's module map names the phoenix package that npm installs.
         html = (CODE / "index.html").read_text(encoding="utf-8")
         module = re.search(r'"phoenix": "\./([^"]+)"', html).group(1)
         self.assertTrue(os.path.isfile(os.path.join(JS_DIR, module)), module)
         self.assertIn('<script type="module" src="browser.js"></script>', html)
-        self.shell.assert_ran(page)
+        self.shell.assert_ran(page, elsewhere=[page.command("python -m http.server")])
+
+
+class BrowserTests(TutorialTestCase):
+    """Step 1's page, served as the page says, in headless Chromium."""
+
+    if CHROMIUM is None:
+        skip = "no Chromium to load the page in (browser.js also runs under Node in FirstChannelTests)"
+
+    def chromium(self, url: str) -> Child:
+        """Headless Chromium, showing ``url``; stopped in cleanup."""
+        profile = tempfile.mkdtemp(prefix="twisted_phoenix-tutorial-chromium-")
+        self.addCleanup(shutil.rmtree, profile, True)
+        args = [
+            "--headless=new", "--no-sandbox", "--disable-gpu", f"--user-data-dir={profile}",
+            "--enable-logging=stderr", "--v=0", url,
+        ]
+        browser = Child("chromium")
+        reactor.spawnProcess(browser, CHROMIUM, [CHROMIUM, *args], env=self.shell.env, path=self.shell.workdir)
+        self.addCleanup(browser.stop, 5.0)
+        return browser
+
+    @staticmethod
+    def console(browser: Child) -> list[str]:
+        """What the page logged on the browser's console."""
+        return re.findall(r':CONSOLE[^\]]*\] "([^"]*)"', browser.stderr.decode("utf-8", "replace"))
+
+    @defer.inlineCallbacks
+    def test_page(self) -> Any:
+        """index.html, from localhost, joins ping and gets its reply; from 127.0.0.1 its origin is refused."""
+        page = self.page("first-channel")
+        server = yield self.serve_one()
+        http = yield self.shell.start("Terminal 3", page.command("python -m http.server"), "http.server")
+        yield http.wait_for_output(lambda out: "Serving HTTP" in out, WAIT, "http.server listening")
+
+        self.assertTrue(page.says("and open http://localhost:8000/ : the browser's console shows ``joined ping``"))
+        browser = self.chromium(f"http://localhost:{self.shell.ports[8000]}/")
+        said = ["joined ping", "got [object Object]"]  # how Chromium logs console.log("got", reply)
+        yield browser.wait_for_output(lambda _: self.console(browser) == said, WAIT, f"the console to say {said}")
+        yield browser.stop(5.0)
+        self.assertLog(server, "JOINED ping in PingChannel")
+
+        self.assertTrue(page.says("Use ``localhost``, not ``127.0.0.1``"))
+        browser = self.chromium(f"http://127.0.0.1:{self.shell.ports[8000]}/")
+        refused = "Could not check origin for Phoenix.Socket transport. Origin of the request: http://127.0.0.1:"
+        yield server.wait_for_output(lambda out: refused in out, WAIT, "the refused origin")
+        self.assertNotIn("joined ping", self.console(browser))
 
 
 class RepliesAndPushesTests(TutorialTestCase):
@@ -759,6 +824,7 @@ class TutorialPagesTests(SynchronousTestCase):
         """The commands not run are the setup commands, each shown once."""
         shown = Page.read("index").commands() + [c for name in PAGES for c in Page.read(name).commands()]
         self.assertEqual(sorted(c for c in shown if c in NOT_RUN), sorted(NOT_RUN))
+        self.assertIn("python -m http.server 8000", shown)  # run by BrowserTests
         self.assertEqual(Page.read("index").commands(), ["mkdir myapp && cd myapp", "npm install phoenix ws wscat"])
 
     def test_code_blocks(self) -> None:
