@@ -25,7 +25,8 @@ def main(reactor, token):
         return ", ".join(sorted(presence.list(lambda key, _: key)))
 
     def shout(body):
-        room.push("shout", {"body": body}).addErrback(lambda f: print("shout failed:", f.value))
+        d = room.push("shout", {"body": body})
+        d.addErrback(lambda failure: print("shout failed:", failure.value))
 
     def on_join(key, current, joined):
         if current is None and key != me:  # a new user, not another tab of one

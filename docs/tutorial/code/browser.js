@@ -8,6 +8,7 @@ const channel = socket.channel("ping", {});
 channel.join()
   .receive("ok", () => {
     console.log("joined ping");
-    channel.push("ping", {}).receive("ok", (reply) => console.log("got", reply));
+    channel.push("ping", {})
+      .receive("ok", (reply) => console.log("got", reply));
   })
   .receive("error", (reply) => console.log("join failed", reply));

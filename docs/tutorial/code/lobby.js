@@ -9,7 +9,10 @@ const [url, firstToken] = process.argv.slice(2);
 // -- The token, kept fresh (step 4) --
 let token = firstToken;
 // params is a function: every (re)connection sends the latest token.
-const socket = new Socket(url, { transport: require("ws"), params: () => ({ token }) });
+const socket = new Socket(url, {
+  transport: require("ws"),
+  params: () => ({ token }),
+});
 socket.connect();
 
 const recurring = socket.channel("recurring", {});
@@ -23,7 +26,12 @@ recurring.join();
 const room = socket.channel("room:lobby", {});
 const presence = new Presence(room);
 presence.onSync(() => {
-  const online = presence.list((id, { metas }) => `${id} (${metas.map((meta) => meta.node).join(", ")})`);
+  const online = presence.list((id, { metas }) => {
+    const nodes = metas.map((meta) => meta.node);
+    return `${id} (${nodes.join(", ")})`;
+  });
   console.log("online:", online.sort().join(", "));
 });
-room.join().receive("ok", ({ name }) => console.log("joined room:lobby as", name));
+room.join().receive("ok", ({ name }) => {
+  console.log("joined room:lobby as", name);
+});

@@ -15,7 +15,7 @@ from twisted_phoenix.token import sign, verify
 log = Logger()
 
 
-# -- Step 1: a socket and a channel ------------------------------------------
+# -- Step 1: a socket and a channel -------------------------------------------
 
 
 class PingChannel(Channel):
@@ -25,14 +25,16 @@ class PingChannel(Channel):
     def handle_in(self, event, payload):
         if event == "ping":
             return ok({"ping": "pong"})
-        return super().handle_in(event, payload)  # anything else crashes the channel
+        # Anything else crashes the channel.
+        return super().handle_in(event, payload)
 
 
-# -- Step 2: replies and pushes ------------------------------------------------
+# -- Step 2: replies and pushes -----------------------------------------------
 
 
 class RoomChannel(Channel):
-    intercept = ["shout"]  # shouts go through handle_out, once per member
+    # Shouts go through handle_out, once per member.
+    intercept = ["shout"]
 
     def join(self, topic, payload):
         self.muted = set()
@@ -40,20 +42,21 @@ class RoomChannel(Channel):
         return ok({"name": self.assigns["name"]})
 
     def handle_in(self, event, payload):
+        name = self.assigns["name"]
         match event, payload:
             case "shout", {"body": str(body)} if body.strip():
-                self.broadcast("shout", {"from": self.assigns["name"], "body": body})
+                self.broadcast("shout", {"from": name, "body": body})
                 return ok()
             case "shout", _:
                 return error({"reason": "empty shout"})
             case "typing", _:
-                self.broadcast_from("typing", {"from": self.assigns["name"]})
+                self.broadcast_from("typing", {"from": name})
                 return None  # no reply
             case "mute", {"name": str(name)}:
                 self.muted.add(name)
                 return ok()
             case "ask", {"question": str(question)}:
-                # A slow answer: reply later, and handle other events meanwhile.
+                # A slow answer: reply later, handle other events meanwhile.
                 self.send_after(1, ("answer", self.socket_ref(), question))
                 return None
         return error({"reason": f"unknown event {event}"})
@@ -61,8 +64,8 @@ class RoomChannel(Channel):
     def handle_info(self, message):
         match message:
             case "after_join":
-                name = self.assigns["name"]
-                self.push("welcome", {"body": f"Welcome to {self.topic}, {name}!"})
+                welcome = f"Welcome to {self.topic}, {self.assigns['name']}!"
+                self.push("welcome", {"body": welcome})
             case ("answer", ref, question):
                 self.reply(ref, ok({"question": question, "answer": 42}))
 
@@ -79,18 +82,20 @@ class UserSocket(Socket):
 
     def connect(self, params, connect_info):
         name = params.get("name")
-        self.assigns["name"] = name if isinstance(name, str) and name else "anonymous"
+        if not isinstance(name, str) or not name:
+            name = "anonymous"
+        self.assigns["name"] = name
         return True
 
 
-# -- Step 3: authentication ------------------------------------------------------
+# -- Step 3: authentication ---------------------------------------------------
 
 SALT = "user socket"
 MAX_AGE = 86400  # seconds: one day
 
 
 def user_token(secret_key_base, user_id, clock=None):
-    """A token for ``user_id``, as the web page that opens the socket gets it."""
+    """A token for ``user_id``, for the page that opens the socket."""
     return sign(secret_key_base, SALT, user_id, max_age=MAX_AGE, clock=clock)
 
 
@@ -108,7 +113,7 @@ class UserChannel(Channel):
         return error({"reason": f"unknown event {event}"})
 
 
-# -- Step 4: customize channel behavior ------------------------------------------
+# -- Step 4: customize channel behavior ---------------------------------------
 
 
 class RecurringChannel(Channel):
@@ -122,14 +127,20 @@ class RecurringChannel(Channel):
         if message == "send_token":
             self.send_after(self.period, "send_token")
             endpoint = self.endpoint
-            token = user_token(endpoint.secret_key_base, self.assigns["user_id"], clock=endpoint.reactor)
+            user_id = self.assigns["user_id"]
+            token = user_token(
+                endpoint.secret_key_base, user_id, clock=endpoint.reactor
+            )
             self.push("new_token", {"token": token})
 
     def terminate(self, reason):
-        log.info("RecurringChannel of user {user} ended: {reason!r}", user=self.assigns["user_id"], reason=reason)
+        log.info(
+            "RecurringChannel of user {user} ended: {reason!r}",
+            user=self.assigns["user_id"], reason=reason,
+        )
 
 
-# -- Step 6: presence -------------------------------------------------------------
+# -- Step 6: presence ---------------------------------------------------------
 
 
 class TrackedRoomChannel(RoomChannel):
@@ -146,7 +157,7 @@ class TrackedRoomChannel(RoomChannel):
         return super().handle_info(message)
 
 
-# -- Step 3 (and 4, 6): the authenticated socket -----------------------------------
+# -- Step 3 (and 4, 6): the authenticated socket ------------------------------
 
 
 class AuthSocket(Socket):
@@ -161,7 +172,10 @@ class AuthSocket(Socket):
         if not isinstance(token, str):
             return False  # HTTP 403
         endpoint = self.endpoint
-        result = verify(endpoint.secret_key_base, SALT, token, max_age=MAX_AGE, clock=endpoint.reactor)
+        result = verify(
+            endpoint.secret_key_base, SALT, token,
+            max_age=MAX_AGE, clock=endpoint.reactor,
+        )
         if not result:
             log.info("AuthSocket refused a token: {error}", error=result.error)
             return False  # HTTP 403
@@ -173,7 +187,7 @@ class AuthSocket(Socket):
         return f"auth_socket:{self.assigns['user_id']}"
 
 
-# -- The endpoint ---------------------------------------------------------------------
+# -- The endpoint -------------------------------------------------------------
 
 
 class Endpoint(BaseEndpoint):
