@@ -17,7 +17,7 @@ from twisted.internet import defer
 from twisted.internet.utils import getProcessOutputAndValue
 
 from ._cluster import free_port
-from ._server import ChildFailed, ChildProcess
+from ._server import ChildFailed, ChildProcess, require_program
 
 __all__ = ["RedisServer", "require_redis"]
 
@@ -26,13 +26,9 @@ READY = "Ready to accept connections"
 
 
 def require_redis() -> None:
-    """Fail (not skip) with instructions when redis-server or redis-cli is missing."""
+    """redis-server and redis-cli, or a skip (a failure in CI): see require_program."""
     for program in ("redis-server", "redis-cli"):
-        if shutil.which(program) is None:
-            raise ChildFailed(
-                f"`{program}` is not on PATH: install Debian's redis-server package "
-                "(apt-get install -y redis-server); CI installs it"
-            )
+        require_program(program, "redis-server")
 
 
 class RedisServer:

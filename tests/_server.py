@@ -33,6 +33,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
 __all__ = [
+    "CHROMIUM",
     "JS_DIR",
     "REPO_ROOT",
     "ChildFailed",
@@ -40,6 +41,7 @@ __all__ = [
     "NodeRun",
     "ServerProcess",
     "require_node_modules",
+    "require_program",
     "run_node",
     "spawn_node",
     "wait_ended",
@@ -48,6 +50,9 @@ __all__ = [
 ]
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+#: Debian's Chromium, for the browser tests (``$CHROMIUM`` for another).
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 JS_DIR = os.path.join(REPO_ROOT, "tests", "js")
 PLUGIN_SOURCE = os.path.join(REPO_ROOT, "twistd_plugins", "phoenix.py")
 
@@ -339,6 +344,26 @@ def start_server(
 
 
 # -- Node.js ----------------------------------------------------------------------------
+
+
+def require_program(path_or_name: str, package: str) -> str:
+    """
+    The path of a program the tests need from the system (Chromium,
+    redis-server).  Without it, the test is skipped, naming the Debian
+    package; unless ``CI`` is set: CI installs it (``.ci/run``), so there
+    its absence is a failure.
+    """
+    import shutil
+    from unittest import SkipTest
+
+    found = path_or_name if os.path.isabs(path_or_name) and os.access(path_or_name, os.X_OK) else None
+    found = found or shutil.which(path_or_name)
+    if found:
+        return found
+    reason = f"{path_or_name} is not installed (Debian: apt-get install {package})"
+    if os.environ.get("CI"):
+        raise AssertionError(reason + "; CI is set, so this is a failure, not a skip")
+    raise SkipTest(reason)
 
 
 def require_node_modules(*packages: str) -> None:

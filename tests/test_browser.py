@@ -26,9 +26,18 @@ from typing import Any
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
-from ._server import JS_DIR, ChildFailed, ChildProcess, NodeRun, require_node_modules, run_node, start_server
+from ._server import (
+    CHROMIUM,
+    JS_DIR,
+    ChildFailed,
+    ChildProcess,
+    NodeRun,
+    require_node_modules,
+    require_program,
+    run_node,
+    start_server,
+)
 
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 _SERVING = re.compile(r"Serving HTTP on \S+ port (\d+)")
 
 
@@ -48,11 +57,7 @@ class BrowserLongPollTests(unittest.TestCase):
     timeout = 120
 
     def setUp(self) -> None:
-        if not os.access(CHROMIUM, os.X_OK):
-            reason = f"Chromium is not installed at {CHROMIUM} (apt-get install chromium)"
-            if os.environ.get("CI"):
-                self.fail(reason + "; CI must have it")
-            raise unittest.SkipTest(reason)
+        require_program(CHROMIUM, "chromium")
         try:
             require_node_modules("phoenix", "playwright-core")
         except ChildFailed as e:

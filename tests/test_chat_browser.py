@@ -33,6 +33,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from ._cluster import free_port
 from ._server import (
+    CHROMIUM,
     ChildFailed,
     ChildProcess,
     ServerProcess,
@@ -40,6 +41,7 @@ from ._server import (
     spawn_node,
     start_server,
     wait_ended,
+    require_program,
 )
 
 ENDPOINT = "twisted_phoenix.examples.chat:Endpoint"
@@ -56,7 +58,6 @@ RECOVERY_TIMEOUT = 40.0
 
 NODE_READY = "listening for cluster links"
 
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -65,34 +66,26 @@ def node(name: str) -> str:
     return f"{name}@127.0.0.1"
 
 
-def require_chromium() -> None:
-    """Skip without Chromium, unless in CI (``CI`` set), where its absence fails."""
-    if os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK):
-        return
-    reason = f"Chromium is not installed at {CHROMIUM} (Debian: apt-get install chromium)"
-    if os.environ.get("CI"):
-        raise AssertionError(reason + "; CI is set, so this is a failure, not a skip")
-    raise SkipTest(reason)
-
-
-class RequireChromiumTests(SynchronousTestCase):
-    """L{require_chromium}: skipped outside CI, failed in CI."""
-
-    def setUp(self) -> None:
-        self.patch(sys.modules[__name__], "CHROMIUM", "/nonexistent/chromium")
+class RequireProgramTests(SynchronousTestCase):
+    """L{require_program}: skipped outside CI, failed in CI."""
 
     def test_skipOutsideCI(self) -> None:
-        """Without CI, a missing Chromium skips, naming the package."""
+        """Without CI, a missing program skips, naming the package."""
         with mock.patch.dict(os.environ):
             os.environ.pop("CI", None)
-            error = self.assertRaises(SkipTest, require_chromium)
+            error = self.assertRaises(SkipTest, require_program, "/nonexistent/chromium", "chromium")
         self.assertIn("apt-get install chromium", str(error))
 
     def test_failInCI(self) -> None:
-        """With CI set, a missing Chromium fails."""
+        """With CI set, a missing program fails."""
         with mock.patch.dict(os.environ, {"CI": "true"}):
-            error = self.assertRaises(AssertionError, require_chromium)
+            error = self.assertRaises(AssertionError, require_program, "no-such-program-here", "pkg")
         self.assertIn("CI is set", str(error))
+
+    def test_found(self) -> None:
+        """A program on PATH, or an executable path, is returned."""
+        self.assertEqual(require_program(sys.executable, "python3"), sys.executable)
+        self.assertTrue(require_program("sh", "dash").endswith("/sh"))
 
 
 class Browser:
@@ -196,7 +189,7 @@ class ChatClusterTestCase(TestCase):
     """A cluster of its own (port mapper port, cookie) serving the chat, and a browser."""
 
     def setUp(self) -> None:
-        require_chromium()
+        require_program(CHROMIUM, "chromium")
         require_node_modules("playwright-core")
         self.epmd_port = str(free_port())
         self.cookie = f"chat-browser-{secrets.token_hex(8)}"

@@ -45,14 +45,24 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 from twisted.internet import defer, reactor
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from ._cluster import free_port, wait_until
-from ._server import JS_DIR, PLUGIN_SOURCE, REPO_ROOT, ChildProcess, _clean_env, require_node_modules, wait_ended
+from ._server import (
+    CHROMIUM,
+    JS_DIR,
+    PLUGIN_SOURCE,
+    REPO_ROOT,
+    ChildProcess,
+    _clean_env,
+    require_node_modules,
+    require_program,
+    wait_ended,
+)
 
 TUTORIAL = Path(REPO_ROOT) / "docs" / "tutorial"
 CODE = TUTORIAL / "code"
@@ -77,7 +87,6 @@ NOT_RUN = {
 }
 
 #: Headless Chromium, for step 1's page (:class:`BrowserTests`), if installed.
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 #: Seconds any one wait may take (a busy 2-core machine is slow to start Python).
 WAIT = 30.0
@@ -541,8 +550,10 @@ class FirstChannelTests(TutorialTestCase):
 class BrowserTests(TutorialTestCase):
     """Step 1's page, served as the page says, in headless Chromium."""
 
-    if CHROMIUM is None:
-        skip = "no Chromium to load the page in (browser.js also runs under Node in FirstChannelTests)"
+    def setUp(self) -> None:
+        # (browser.js also runs under Node, in FirstChannelTests.)
+        require_program(CHROMIUM, "chromium")
+        return super().setUp()
 
     def chromium(self, url: str) -> Child:
         """Headless Chromium, showing ``url``; stopped in cleanup."""
