@@ -251,6 +251,26 @@ class ConsoleProcessTests(TestCase):
         self.assertEqual(app.list(), [])
 
     @defer.inlineCallbacks
+    def test_presence(self) -> None:
+        """The console's endpoint replicates presence: it lists who is tracked on the other node."""
+        from twisted_phoenix.examples.hello_sockets import HelloSocketsEndpoint
+
+        app = yield self.node()
+        endpoint = HelloSocketsEndpoint(reactor, node_name=app.name, pubsub=app.pubsub)
+        endpoint.start()
+        self.addCleanup(endpoint.stop)
+        endpoint.presence.tracker.track("owner", "tracked", "42", {"online_at": 1})
+        # Wait (bounded, by the console's own -c Deferred) for the first
+        # presence_diff the console's node sees on "tracked".
+        code = (
+            "d = __import__('twisted.internet.defer', fromlist=['Deferred']).Deferred(); "
+            "Endpoint.subscribe('tracked', lambda b: d.called or d.callback(None)); "
+            "d.addTimeout(10, reactor).addCallback(lambda _: sorted(Endpoint.presence.list('tracked')))"
+        )
+        run = yield self.console("--name", "c@127.0.0.1", "--connect", app.name, "-c", code)
+        self.assertOutput(run, ["['42']"])
+
+    @defer.inlineCallbacks
     def test_deferred_result(self) -> None:
         """A Deferred result is waited for and its result printed."""
         app = yield self.node()

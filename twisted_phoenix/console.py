@@ -182,6 +182,7 @@ def run(args: argparse.Namespace) -> int:
     from .pubsub import PubSub
     from .tap import load_endpoint_class
 
+    _log_problems()  # before anything that may warn (no secret key base, say)
     env = resolve_env(args.env)
     endpoint_class = load_endpoint_class(args.endpoint)
     pubsub = PubSub(args.name, clock=reactor)
@@ -204,6 +205,9 @@ def run(args: argparse.Namespace) -> int:
     def start() -> Any:
         try:
             yield node.start()
+            # Presence too, as in `iex --name ... -S mix`: the console's node
+            # replicates the cluster's presences (Endpoint.presence.list).
+            endpoint.start()
             for target in args.connect:
                 ok = yield node.connect(target)
                 if not ok:
@@ -211,17 +215,16 @@ def run(args: argparse.Namespace) -> int:
             yield _await_mesh(node, reactor, args.mesh_timeout)
             if args.code is not None:
                 status[0] = yield _run_code(args.code, namespace, node)
-                yield _shutdown(node, reactor)
+                yield _shutdown(node, reactor, endpoint)
             elif os.isatty(0):
-                _interactive(namespace, lambda: _shutdown(node, reactor))
+                _interactive(namespace, lambda: _shutdown(node, reactor, endpoint))
             else:
-                _piped(namespace, lambda: _shutdown(node, reactor))
+                _piped(namespace, lambda: _shutdown(node, reactor, endpoint))
         except Exception:
             traceback.print_exc()
             status[0] = 1
-            yield _shutdown(node, reactor)
+            yield _shutdown(node, reactor, endpoint)
 
-    _log_problems()
     reactor.callWhenRunning(start)
     reactor.run()
     return status[0]
@@ -257,8 +260,10 @@ def _run_code(code: str, namespace: dict[str, Any], node: Any) -> Any:
 
 
 @defer.inlineCallbacks
-def _shutdown(node: Any, reactor: Any) -> Any:
+def _shutdown(node: Any, reactor: Any, endpoint: Any = None) -> Any:
     try:
+        if endpoint is not None:
+            endpoint.stop()
         yield node.stop()
     finally:
         try:
