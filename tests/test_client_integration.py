@@ -456,8 +456,8 @@ class _Scenarios(_Helpers):
     @inlineCallbacks
     def test_presence_tracked(self) -> Any:
         """Presence on tracked: each client sees the state, then the others join and leave through diffs."""
-        alice_socket = yield self.connected("alice", params={"user_id": "alice"})
-        alice_channel = alice_socket.channel("tracked")
+        alice_socket = yield self.connected("alice")
+        alice_channel = alice_socket.channel("tracked", {"user_id": "alice"})
         alice = Presence(alice_channel)
         alice.on_join(lambda key, current, new: self.events.add("p_join", "alice", key, current is None))
         alice.on_leave(lambda key, current, left: self.events.add("p_leave", "alice", key, len(current["metas"])))
@@ -467,8 +467,8 @@ class _Scenarios(_Helpers):
         (meta,) = alice.state["alice"]["metas"]
         self.assertEqual(set(meta), {"online_at", "phx_ref"})
 
-        bob_socket = yield self.connected("bob", params={"user_id": "bob"})
-        bob_channel = bob_socket.channel("tracked")
+        bob_socket = yield self.connected("bob")
+        bob_channel = bob_socket.channel("tracked", {"user_id": "bob"})
         bob = Presence(bob_channel)
         bob.on_sync(lambda: self.events.add("p_sync", "bob", sorted(bob.list(lambda k, p: k))))
         yield bob_channel.join()
