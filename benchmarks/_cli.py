@@ -7,7 +7,9 @@ directory, the open-files limit, every child killed at the end).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+import shlex
 import shutil
 import signal
 import sys
@@ -31,6 +33,9 @@ def add_servers(p: argparse.ArgumentParser, default: str, choices: Iterable[str]
     choices = tuple(choices or SPECS)
     p.add_argument("--servers", default=default,
                    help=f"comma-separated, from: {', '.join(choices)} ({default})")
+    p.add_argument("--phoenix-options", default="", metavar="OPTIONS",
+                   help="more `twistd phoenix` options for twisted_phoenix, e.g. \"--event-rate none\" "
+                   "(printed next to its figures)")
     add_external(p)
 
 
@@ -61,6 +66,9 @@ def servers(parser: argparse.ArgumentParser, args: argparse.Namespace,
     if unknown:
         parser.error(f"unknown server(s): {', '.join(unknown)}")
     specs = [SPECS[n] for n in names if n != "external"]
+    if getattr(args, "phoenix_options", ""):
+        extra = tuple(shlex.split(args.phoenix_options))
+        specs = [dataclasses.replace(s, options=extra) if s.kind == "phoenix" else s for s in specs]
     if args.external or args.external_port:
         try:
             specs.append(external_spec(args.external, args.external_port, args.external_path, args.external_label))

@@ -49,6 +49,7 @@ class Spec:
     redis: bool = False  # needs a redis-server, given with --redis-port
     command: str = ""  # external: the shell command ("" if already running)
     port: int = 0  # external: its port
+    options: tuple[str, ...] = ()  # phoenix: options every start of it gets (--phoenix-options)
 
 
 SPECS: dict[str, Spec] = {
@@ -155,7 +156,7 @@ class Server:
     @property
     def settings(self) -> str:
         """The non-default options (phoenix), for the tables."""
-        return display(self.options) if self.spec.kind == "phoenix" else "-"
+        return display([*self.spec.options, *self.options]) if self.spec.kind == "phoenix" else "-"
 
     def url(self, path: str | None = None) -> str:
         return f"ws://127.0.0.1:{self.port}{self.spec.path if path is None else path}"
@@ -192,7 +193,7 @@ class Server:
         """The command, its environment, whether it is a shell command, its display."""
         spec = self.spec
         if spec.kind == "phoenix":
-            options = ["--port", str(self.port), *self.options]
+            options = ["--port", str(self.port), *spec.options, *self.options]
             argv = twistd_argv(options)
             return argv, twistd_env(self.logdir), False, "twistd -n --pidfile= phoenix " + " ".join(options)
         if spec.kind == "script":

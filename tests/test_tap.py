@@ -34,6 +34,7 @@ from twisted_phoenix.examples.hello_sockets import HelloSocketsEndpoint
 from twisted_phoenix.static import PHOENIX_JS_DIR
 from twisted_phoenix.tap import (
     ENDPOINT_LIMITS,
+    GC_THRESHOLDS,
     MIN_BACKLOG,
     ListeningService,
     Options,
@@ -42,6 +43,7 @@ from twisted_phoenix.tap import (
     load_endpoint_class,
     makeService,
     raise_file_limit,
+    tune_gc,
     with_backlog,
 )
 from twisted_phoenix.transports.http import PhoenixSite
@@ -480,6 +482,20 @@ class LimitOptionsTests(SynchronousTestCase):
             application = Application("phoenix")
             makeService(self._twistd(*argv)).setServiceParent(application)
             self.assertIsNone(application.getComponent(ILogObserver))
+
+    def test_gcThresholds(self) -> None:
+        """--gc-threshold sets the collector's thresholds; everything alive at start is frozen."""
+        import gc
+
+        self.addCleanup(gc.set_threshold, *gc.get_threshold())
+        self.assertEqual(parse()["gc-threshold"], GC_THRESHOLDS)
+        self.assertEqual(parse("--gc-threshold", "1000,5,7")["gc-threshold"], (1000, 5, 7))
+        for bad in ("1000", "a,b,c", "1,2,3,4", "-1,2,3"):
+            self.assertRaises(usage.UsageError, parse, "--gc-threshold", bad)
+        reactor = MemoryReactor()
+        tune_gc(reactor, (1234, 5, 6))
+        self.assertEqual(gc.get_threshold(), (1234, 5, 6))
+        self.assertEqual([call[0] for call in reactor.whenRunningHooks], [gc.freeze])
 
     def test_raiseFileLimit(self) -> None:
         """The soft open-file limit is raised to the hard limit."""
