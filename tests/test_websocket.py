@@ -20,7 +20,7 @@ from twisted_phoenix import Channel, Endpoint, Socket, ok
 from twisted_phoenix.examples.hello_sockets import SALT, HelloSocketsEndpoint, PingChannel
 from twisted_phoenix.token import sign
 
-from ._client import HandshakeRefused, capture_logs, connect, serve
+from ._client import HandshakeRefused, capture_logs, connect, raw_connect, serve
 
 SECRET = "t" * 64
 
@@ -668,3 +668,52 @@ class InMemoryFrameParsingTests(SynchronousTestCase):
                 self.assertEqual(expected.count(b'"phx_reply"'), 3)
                 self.assertIn(b"\x8a\x00", expected)  # the pong
             self.assertEqual(transport.value(), expected, cut)
+
+
+class HandshakeParsingTests(_Served, TestCase):
+    """
+    Ordinary upgrades are answered from the head the request reader parsed;
+    anything unusual falls back to Autobahn's own handshake and answers.
+    """
+
+    HEAD = (
+        b"GET /socket/websocket?vsn=2.0.0 HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
+        b"Connection: keep-alive, Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        b"Sec-WebSocket-Version: 13\r\n"
+    )
+
+    @inlineCallbacks
+    def answer(self, head: bytes) -> Any:
+        raw = yield raw_connect(reactor, self.port, test=self)
+        raw.write(head + b"\r\n")
+        data = yield raw.wait_for(b"\r\n\r\n")
+        yield raw.disconnect()
+        return data
+
+    @inlineCallbacks
+    def test_ordinary(self) -> Any:
+        """The 101 carries RFC 6455's accept value for the key, and no extension."""
+        data = yield self.answer(self.HEAD + b"Sec-WebSocket-Extensions: permessage-deflate\r\n")
+        self.assertTrue(data.startswith(b"HTTP/1.1 101 Switching Protocols\r\n"), data)
+        self.assertIn(b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n", data)
+        self.assertNotIn(b"Sec-WebSocket-Extensions", data)
+
+    @inlineCallbacks
+    def test_subprotocolChosen(self) -> Any:
+        """The auth token subprotocol is taken and "phoenix" answered, as Phoenix does."""
+        token = base64.b64encode(b"abc").decode().rstrip("=")
+        data = yield self.answer(self.HEAD + f"Sec-WebSocket-Protocol: phoenix, base64url.bearer.phx.{token}\r\n".encode())
+        self.assertIn(b"Sec-WebSocket-Protocol: phoenix\r\n", data)
+
+    @inlineCallbacks
+    def test_unusualGoToAutobahn(self) -> Any:
+        """Another version, a bad key, HTTP/1.0, two origins: Autobahn's 4xx answers."""
+        cases = [
+            self.HEAD.replace(b"Version: 13", b"Version: 7"),
+            self.HEAD.replace(b"dGhlIHNhbXBsZSBub25jZQ==", b"short"),
+            self.HEAD.replace(b"HTTP/1.1", b"HTTP/1.0"),
+            self.HEAD + b"Origin: http://localhost\r\nOrigin: http://evil.test\r\n",
+        ]
+        for head in cases:
+            data = yield self.answer(head)
+            self.assertTrue(data.startswith(b"HTTP/1.1 4"), (head, data))

@@ -39,6 +39,7 @@ __all__ = [
     "check_origin",
     "connect",
     "connect_info",
+    "connect_now",
     "filter_params",
     "parse_params",
     "path_params",
@@ -201,15 +202,34 @@ def connect(
     :returns: a Deferred firing with :class:`Connected`, or failing with
         :class:`Refusal`.
     """
+    return maybeDeferred(
+        connect_now, endpoint, socket_class, params=params, info=info, serializers=serializers, transport=transport
+    )
+
+
+def connect_now(
+    endpoint: Endpoint,
+    socket_class: type[Socket],
+    *,
+    params: dict[str, Any],
+    info: dict[str, Any],
+    serializers: Any,
+    transport: str,
+) -> Connected | Deferred[Connected]:
+    """
+    :func:`connect`, without a Deferred when the socket's ``connect``
+    answers at once (the usual case, and the handshake's hot path): returns
+    :class:`Connected` or raises :class:`Refusal`; a Deferred only when
+    ``connect`` returned one.
+    """
     try:
         serializer = select_serializer(params.get("vsn"), serializers)
     except VersionError as e:
         _limited(endpoint).warn("{error}", error=truncate(str(e)))
-        return _refused(Refusal(403, "Forbidden"))
+        raise Refusal(403, "Forbidden") from None
 
     socket = socket_class(endpoint)
     name = socket_class.__name__
-    d = maybeDeferred(socket.connect, params, info)
 
     def connected(accepted: Any) -> Connected:
         if accepted is not True:
@@ -243,15 +263,19 @@ def connect(
         _limited(endpoint).failure("{socket}.connect failed", failure, socket=name)
         raise Refusal(403, "Forbidden")
 
-    return d.addCallback(connected).addErrback(refused)
+    try:
+        accepted = socket.connect(params, info)
+    except (Refusal, ConnectRefused):
+        refused(Failure())  # raises the Refusal to answer with
+        raise
+    except Exception:
+        _limited(endpoint).failure("{socket}.connect failed", Failure(), socket=name)
+        raise Refusal(403, "Forbidden") from None
+    if isinstance(accepted, Deferred):
+        return accepted.addCallback(connected).addErrback(refused)
+    return connected(accepted)
 
 
 def _limited(endpoint: Endpoint) -> Any:
     """The endpoint's rate-limited log for refusals: strangers may be thousands."""
     return limited_log(log, endpoint.reactor, endpoint)
-
-
-def _refused(refusal: Refusal) -> Deferred[Connected]:
-    d: Deferred[Connected] = Deferred()
-    d.errback(refusal)
-    return d

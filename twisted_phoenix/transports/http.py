@@ -172,6 +172,7 @@ class _RequestReader(Protocol):
         self._buffer = b""
         self._deadline: Any = None
         self._route: Any = None
+        self._head: RequestHead | None = None
 
     def connectionMade(self) -> None:
         self._deadline = self.site.reactor.callLater(self.site.handshake_timeout, self._expired)
@@ -195,6 +196,7 @@ class _RequestReader(Protocol):
         except HeadError as e:
             self._refuse(400, "Bad Request", str(e))
             return
+        self._head = head
         self._route = self.site.route(head)
         if isinstance(self._route, tuple):  # refused by the routing
             status, reason, body, why = self._route
@@ -208,6 +210,8 @@ class _RequestReader(Protocol):
         """Our turn: become the protocol the request goes to."""
         inner = self._route.buildProtocol(self.addr)
         self._inner = inner
+        if hasattr(inner, "request_head"):
+            inner.request_head = self._head  # the WebSocket transport need not parse it again
         # From now on the transport's reads go straight to the inner protocol.
         self.dataReceived = inner.dataReceived  # type: ignore[method-assign]
         inner.makeConnection(self.transport)

@@ -19,12 +19,13 @@ import base64
 import binascii
 import struct
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import txaio
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-from autobahn.websocket.types import ConnectionDeny
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import ISSLTransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -35,8 +36,8 @@ from .._handshake import (
     HandshakeRequest,
     Refusal,
     check_origin,
-    connect,
     connect_info,
+    connect_now,
     parse_params,
     path_params,
 )
@@ -47,6 +48,7 @@ from ..socket import Socket
 
 if TYPE_CHECKING:
     from ..endpoint import Endpoint
+    from .http import RequestHead
 
 __all__ = [
     "PhoenixServerFactory",
@@ -106,6 +108,8 @@ class PhoenixServerProtocol(WebSocketServerProtocol):
     output: StreamOutput | None = None
     #: The largest frame :meth:`_fast_frames` handles (set from the factory).
     _fast_limit = 0
+    #: The request head PhoenixSite read and parsed, for :meth:`_handshake`.
+    request_head: RequestHead | None = None
 
     # -- handshake ---------------------------------------------------------------
 
@@ -154,20 +158,94 @@ class PhoenixServerProtocol(WebSocketServerProtocol):
         params = parse_params(uri.query)
         # Path params (``/socket/:room``) win over query params, as in Phoenix.
         params.update(path_params(factory.mount, uri.path))
-        d = connect(
-            endpoint, socket_class, params=params, info=info, serializers=factory.serializers, transport="websocket"
-        )
 
         def connected(result: Connected) -> Any:
             self._socket = result.socket
             self._serializer = result.serializer
             return subprotocol
 
+        try:
+            result = connect_now(
+                endpoint, socket_class, params=params, info=info, serializers=factory.serializers,
+                transport="websocket",
+            )
+        except Refusal as e:
+            raise ConnectionDeny(e.status, e.reason) from None
+        if not isinstance(result, Deferred):
+            return connected(result)
+
         def refused(failure: Failure) -> Any:
             failure.trap(Refusal)
             raise ConnectionDeny(failure.value.status, failure.value.reason)
 
-        return d.addCallbacks(connected, refused)
+        return result.addCallbacks(connected, refused)
+
+    def _handshake(self, head: RequestHead, data: bytes) -> bool:
+        """
+        The opening handshake of an ordinary request, from the head
+        :class:`~twisted_phoenix.transports.http.PhoenixSite` parsed: what
+        Autobahn's ``processHandshake`` would do for it, without parsing it
+        again.  ``False`` (nothing done) for anything unusual, which
+        Autobahn then handles, with its own answers.
+        """
+        headers = head.headers
+        key = headers.get(b"sec-websocket-key", b"")
+        try:
+            valid_key = len(base64.b64decode(key, validate=True)) == 16
+        except (binascii.Error, ValueError):
+            valid_key = False
+        if (
+            not valid_key
+            or head.version != b"HTTP/1.1"
+            or headers.get(b"sec-websocket-version") != b"13"
+            or b"upgrade" not in headers.get(b"connection", b"").lower()
+            or b"host" not in headers
+            or b", " in headers.get(b"origin", b"")
+        ):
+            return False
+        end = data.find(b"\r\n\r\n")
+        target = data[: data.find(b"\r\n")].split(b" ")[1].decode("ascii")
+        uri = urlsplit(target)
+        self.http_request_uri = target
+        self.http_headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in headers.items()}
+        self.http_request_path = uri.path
+        self.http_request_params = parse_qs(uri.query)
+        self.http_request_host = self.http_headers["host"]
+        self.websocket_version = 13
+        self.websocket_origin = self.http_headers.get("origin", "").strip()
+        protocols = self.http_headers.get("sec-websocket-protocol")
+        self.websocket_protocols = [p.strip() for p in protocols.split(",") if p.strip()] if protocols else []
+        # Offers of permessage-deflate are declined, as Phoenix (compress:
+        # false) declines them: no extension is answered.
+        self.websocket_extensions = []
+        self._wskey = key.decode("ascii")
+        self.data = data[end + 4 :]
+        request = ConnectionRequest(
+            self.peer, self.http_headers, self.http_request_host, self.http_request_path,
+            self.http_request_params, 13, self.websocket_origin, self.websocket_protocols, [],
+        )
+        try:
+            answer = self.onConnect(request)
+        except ConnectionDeny as e:
+            self.failHandshake(e.reason, e.code)
+            return True
+        except Exception as e:
+            self._limited().failure("A WebSocket handshake failed")
+            self.failHandshake(f"Internal server error: {e}", ConnectionDeny.INTERNAL_SERVER_ERROR)
+            return True
+        if isinstance(answer, Deferred):
+
+            def denied(failure: Failure) -> None:
+                if failure.check(ConnectionDeny):
+                    self.failHandshake(failure.value.reason, failure.value.code)
+                else:
+                    self._limited().failure("A WebSocket handshake failed", failure)
+                    self.failHandshake("Internal server error", ConnectionDeny.INTERNAL_SERVER_ERROR)
+
+            answer.addCallbacks(self.succeedHandshake, denied)
+        else:
+            self.succeedHandshake(answer)
+        return True
 
     def onOpen(self) -> None:
         assert self._socket is not None
@@ -189,6 +267,11 @@ class PhoenixServerProtocol(WebSocketServerProtocol):
 
     def dataReceived(self, data: bytes) -> None:
         self._last_seen = self.factory.reactor.seconds()
+        head = self.request_head
+        if head is not None:
+            self.request_head = None
+            if self.state == self.STATE_CONNECTING and self._handshake(head, data):
+                return
         if self.state == self.STATE_OPEN and not self.data and self.current_frame is None and not self.inside_message:
             # The common case, a read of whole unfragmented data frames,
             # goes straight to onMessage; anything else (control frames,
