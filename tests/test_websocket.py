@@ -707,7 +707,7 @@ class HandshakeParsingTests(_Served, TestCase):
 
     @inlineCallbacks
     def test_unusualGoToAutobahn(self) -> Any:
-        """Another version, a bad key, HTTP/1.0, two origins: Autobahn's 4xx answers."""
+X
         cases = [
             self.HEAD.replace(b"Version: 13", b"Version: 7"),
             self.HEAD.replace(b"dGhlIHNhbXBsZSBub25jZQ==", b"short"),
@@ -716,4 +716,4 @@ class HandshakeParsingTests(_Served, TestCase):
         ]
         for head in cases:
             data = yield self.answer(head)
-            self.assertTrue(data.startswith(b"HTTP/1.1 4"), (head, data))
+            self.assertRegex(data, rb"^HTTP/1.1 (4\d\d|505) ", head)
