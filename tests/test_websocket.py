@@ -707,7 +707,7 @@ class HandshakeParsingTests(_Served, TestCase):
 
     @inlineCallbacks
     def test_unusualGoToAutobahn(self) -> Any:
-X
+        """Version 7, a bad key, HTTP/1.0 (505), two origins: Autobahn's own refusals."""
         cases = [
             self.HEAD.replace(b"Version: 13", b"Version: 7"),
             self.HEAD.replace(b"dGhlIHNhbXBsZSBub25jZQ==", b"short"),
