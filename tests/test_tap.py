@@ -338,7 +338,11 @@ class LimitOptionsTests(SynchronousTestCase):
 
     def test_backlogDefault(self) -> None:
         """The backlog is the larger of 1024 and net.core.somaxconn."""
-        path = self.mktemp()
+        # (Not self.mktemp(): under pytest it makes directories in the
+        # current one, the repository.)
+        directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, directory)
+        path = os.path.join(directory, "somaxconn")
         for written, expected in (("4096\n", 4096), ("128", MIN_BACKLOG), ("junk", MIN_BACKLOG)):
             with open(path, "w") as f:
                 f.write(written)
@@ -447,8 +451,9 @@ class LimitOptionsTests(SynchronousTestCase):
         """With a log file, the application gets an observer keeping at most --log-max-files files."""
         from twisted.application.service import Application
 
-        path = os.path.join(self.mktemp(), "server.log")
-        os.makedirs(os.path.dirname(path))
+        directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, directory)
+        path = os.path.join(directory, "server.log")
         options = self._twistd("--logfile", path)
         options["log-max-bytes"] = 100
         options["log-max-files"] = 2
