@@ -616,8 +616,6 @@ def makeService(options: Options) -> service.IService:
         top.log_observer = TextLogObserver(sys.stdout)
     elif log_path is not None:
         top.log_observer = rotating_log_observer(log_path, options["log-max-bytes"], options["log-max-files"])
-    if options["metrics"] is not None:
-        MetricsService(reactor, options["metrics"], endpoint).setServiceParent(top)
     if options["cluster"]:
         node = Node(
             reactor,
@@ -653,4 +651,6 @@ def makeService(options: Options) -> service.IService:
         site.noisy = False
         for description in options["listen"]:
             ListeningService(reactor, description, site, options["backlog"]).setServiceParent(top)
+    if options["metrics"] is not None:
+        MetricsService(reactor, options["metrics"], endpoint).setServiceParent(top)
     return top
