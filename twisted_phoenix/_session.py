@@ -95,11 +95,14 @@ class Session:
         "_events",
         "_joins",
         "started",
+        "metrics",
     )
 
     def __init__(self, socket: Socket, serializer: Serializer, connection: Connection) -> None:
         self.endpoint: Endpoint = socket.endpoint
         self.reactor = self.endpoint.reactor
+        #: The endpoint's counters (see :mod:`twisted_phoenix.metrics`).
+        self.metrics = self.endpoint.metrics
         self.socket = socket
         self.serializer = serializer
         self.connection = connection
@@ -139,7 +142,7 @@ class Session:
             Phoenix does.
         """
         message = self.serializer.decode(data, binary)
-        event, metrics = message.event, self.endpoint.metrics
+        event, metrics = message.event, self.metrics
         if event == PHX_JOIN:
             metrics.joins_received += 1
             limit = self._joins
@@ -174,7 +177,7 @@ class Session:
                 "Closing {socket}: more than {n} messages queued behind a pending join",
                 socket=type(self.socket).__name__, n=self.socket.max_backlog,
             )
-            self.endpoint.metrics.drop("backlog", self)
+            self.metrics.drop("backlog", self)
             self.connection.close(CLOSE_POLICY, "too many queued messages")
             return
         backlog.append(item)
@@ -202,7 +205,7 @@ class Session:
                 "(burst {burst:g}) after {refused} were refused",
                 socket=socket, kind=kind, rate=limit.rate, burst=limit.burst, refused=limit.refused - 1,
             )
-            self.endpoint.metrics.drop("rate", self)
+            self.metrics.drop("rate", self)
             self.connection.close(CLOSE_POLICY, "rate limited")
             # Whatever the transport does, nothing more is read from it.
             self.connection_lost()
@@ -339,9 +342,9 @@ class Session:
                     return
             self.connection.send_frame(frame)
             if type(message) is Reply:
-                self.endpoint.metrics.replies_sent += 1
+                self.metrics.replies_sent += 1
             else:
-                self.endpoint.metrics.pushes_sent += 1
+                self.metrics.pushes_sent += 1
 
     def _unencodable(self, message: Message | Reply) -> Frame | None:
         """Log a message that cannot be encoded; what to send instead, if anything."""
@@ -381,7 +384,7 @@ class Session:
         """A broadcast to the socket id: ``disconnect`` closes the connection (1001)."""
         if broadcast.event == DISCONNECT and not self.closed:
             self.close_reason = ("shutdown", "disconnected")
-            self.endpoint.metrics.drop("disconnect", self)
+            self.metrics.drop("disconnect", self)
             self.connection.close(CLOSE_GOING_AWAY)  # no reason text, as Phoenix
 
     # -- end ---------------------------------------------------------------------
@@ -414,7 +417,7 @@ class Session:
         """Count a join's answer (its reply went out) and emit ``join`` or ``join_refused``."""
         status = result.status
         channel = type(server.channel).__name__
-        metrics = self.endpoint.metrics
+        metrics = self.metrics
         metrics.replies_sent += 1
         joins = metrics.joins
         joins[channel, status] = joins.get((channel, status), 0) + 1
