@@ -53,7 +53,12 @@ setup(
             # redis-server; Debian: redis-server).
             "txredisapi>=1.6",
             "hiredis>=2",
+            # tests/test_metrics*.py: the Prometheus exposition.
+            "prometheus-client>=0.17",
         ],
+        # twistd phoenix --metrics tcp:9100: Prometheus metrics at /metrics
+        # (twisted_phoenix.metrics).
+        "metrics": ["prometheus-client>=0.17"],
         # twistd phoenix --pubsub redis://...: the Redis PubSub adapter
         # (twisted_phoenix.adapters.redis).  hiredis is txredisapi's fast
         # parser; without it txredisapi parses in Python, ~10x slower.

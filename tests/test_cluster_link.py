@@ -47,6 +47,7 @@ class FakeNode:
         self.heartbeat_timeout = 3.0
         self.calls: list[tuple[Any, ...]] = []
         self.lost: list[Link] = []
+        self.broadcasts_dropped = 0
 
     def _hello_received(self, link: Link, info: Any) -> Any:
         self.calls.append(("hello", info))

@@ -109,6 +109,7 @@ class ChannelServer:
         "_current",
         "_others",
         "_on_end",
+        "started",
     )
 
     def __init__(
@@ -138,6 +139,8 @@ class ChannelServer:
         self._current: Message | None = None
         self._others: dict[str, _InfoSubscriber] = {}
         self._on_end: list[Callable[[], None]] | None = None
+        #: When the join began (the telemetry's durations count from here).
+        self.started = session.reactor.seconds()
         channel = self.channel = channel_class()
         channel._server = self
         channel.socket = session.socket
@@ -169,6 +172,8 @@ class ChannelServer:
             raise TypeError(f"join must return None, ok(...) or error(...), not {result!r}")
         if result.status == "ok":
             self.state = JOINED
+            channels = self.session.endpoint.metrics.channels
+            channels[type(self.channel)] = channels.get(type(self.channel), 0) + 1
             self.session.endpoint.pubsub.subscribe(self.topic, self)
         else:
             self._die()
@@ -181,6 +186,7 @@ class ChannelServer:
             channel=type(self.channel).__name__,
             topic=truncate_repr(self.topic),
         )
+        self._ended("crash", failure, "join")
         self._die()
         return JOIN_CRASHED
 
@@ -360,6 +366,7 @@ class ChannelServer:
             timer.cancel()
         pubsub = self.session.endpoint.pubsub
         if was_joined:
+            self.session.endpoint.metrics.channels[type(self.channel)] -= 1
             pubsub.unsubscribe(self.topic, self)
         for topic in list(self._others):
             self.unsubscribe(topic)
@@ -376,6 +383,10 @@ class ChannelServer:
         """Run the channel's terminate; pushes it makes still go out."""
         self.state = ENDING
         self._mailbox.clear()
+        if is_normal_reason(reason):
+            self._ended("leave", reason)
+        else:
+            self._ended("crash", reason, "stop" if type(reason) is not Failure else "callback")
         d = maybeDeferred(self.channel.terminate, reason)
         d.addErrback(
             lambda f: self._rlog().failure(
@@ -429,8 +440,40 @@ class ChannelServer:
 
     def kill(self) -> None:
         """End at once without terminate (a duplicate join, or a join reply that cannot be encoded)."""
+        if self.state is JOINED:
+            self._ended("leave", "killed")
         self._die()
+
+    def _ended(self, event: str, reason: Any, phase: str = "") -> None:
+        """Count a crash; emit ``leave`` or ``crash``."""
+        endpoint = self.session.endpoint
+        name = type(self.channel).__name__
+        if event == "crash":
+            crashes = endpoint.metrics.crashes
+            crashes[name] = crashes.get(name, 0) + 1
+        telemetry = endpoint.telemetry
+        if not telemetry.observers:
+            return
+        fields: dict[str, Any] = {
+            "topic": self.topic, "channel": name, "socket": type(self.session.socket).__name__,
+            "duration": self.session.reactor.seconds() - self.started,
+        }
+        if type(reason) is Failure:
+            fields["log_failure"] = reason
+            fields["reason"] = truncate_repr(reason.value)
+        else:
+            fields["reason"] = _reason_text(reason)
+        if event == "crash":
+            fields["phase"] = phase
+        telemetry.emit(event, **fields)
 
     def _rlog(self) -> RateLimitedLog:
         """The rate-limited log the channel servers of this endpoint share."""
         return limited_log(ChannelServer.log, self.session.reactor, self.session.endpoint)
+
+
+def _reason_text(reason: Any) -> str:
+    """A stop reason for an event: ``"left"`` for ``("shutdown", "left")``, else its repr, cut."""
+    if type(reason) is tuple and len(reason) == 2 and reason[0] == "shutdown" and type(reason[1]) is str:
+        return reason[1]
+    return reason if type(reason) is str else truncate_repr(reason)

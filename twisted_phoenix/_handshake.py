@@ -165,10 +165,13 @@ def connect_info(request: HandshakeRequest) -> dict[str, Any]:
     }
 
 
-def check_origin(endpoint: Endpoint, socket_class: type[Socket], origin: str | None) -> None:
+def check_origin(
+    endpoint: Endpoint, socket_class: type[Socket], origin: str | None, transport: str | None = None
+) -> None:
     """
     Phoenix's ``check_origin`` (the socket's setting, else the endpoint's).
 
+    :param transport: the transport's name, for the ``connect_refused`` event.
     :raises Refusal: 403, logged at error level, when ``origin`` may not connect.
     """
     setting = socket_class.check_origin
@@ -181,6 +184,7 @@ def check_origin(endpoint: Endpoint, socket_class: type[Socket], origin: str | N
             "different host than the one configured in your endpoint (check_origin).",
             origin=truncate(origin),
         )
+        refused_event(endpoint, socket_class, transport, 403, "origin")
         raise Refusal(403, "Forbidden")
 
 
@@ -226,10 +230,12 @@ def connect_now(
         serializer = select_serializer(params.get("vsn"), serializers)
     except VersionError as e:
         _limited(endpoint).warn("{error}", error=truncate(str(e)))
+        refused_event(endpoint, socket_class, transport, 403, "vsn")
         raise Refusal(403, "Forbidden") from None
 
     socket = socket_class(endpoint)
     name = socket_class.__name__
+    started = endpoint.reactor.seconds()
 
     def connected(accepted: Any) -> Connected:
         if accepted is not True:
@@ -243,24 +249,35 @@ def connect_now(
                     "REFUSED CONNECTION TO {socket} Transport: {transport} Parameters: {params}",
                     socket=name, transport=transport, params=truncate_repr(filter_params(params)),
                 )
+            refused_event(endpoint, socket_class, transport, 403, "connect")
             raise Refusal(403, "Forbidden")
         socket_id = socket.id()
         if socket_id is not None and not isinstance(socket_id, str):
             _limited(endpoint).warn("{socket}.id() must return a str or None", socket=name)
+            refused_event(endpoint, socket_class, transport, 403, "id")
             raise Refusal(403, "Forbidden")
         log.info(
             "CONNECTED TO {socket} Transport: {transport} Serializer: {serializer} Parameters: {params}",
             socket=name, transport=transport, serializer=type(serializer).__name__,
             params=truncate_repr(filter_params(params)),
         )
+        connects = endpoint.metrics.connects
+        connects[name, transport] = connects.get((name, transport), 0) + 1
+        if endpoint.telemetry.observers:
+            endpoint.telemetry.emit(
+                "connect", socket=name, transport=transport, serializer=type(serializer).__name__,
+                socket_id=socket_id, duration=endpoint.reactor.seconds() - started,
+            )
         return Connected(socket, serializer, params)
 
     def refused(failure: Failure) -> Any:
         if failure.check(Refusal):
             return failure
         if failure.check(ConnectRefused):
+            refused_event(endpoint, socket_class, transport, failure.value.status, "connect")
             raise Refusal(failure.value.status, failure.value.reason)
         _limited(endpoint).failure("{socket}.connect failed", failure, socket=name)
+        refused_event(endpoint, socket_class, transport, 403, "error")
         raise Refusal(403, "Forbidden")
 
     try:
@@ -270,10 +287,25 @@ def connect_now(
         raise
     except Exception:
         _limited(endpoint).failure("{socket}.connect failed", Failure(), socket=name)
+        refused_event(endpoint, socket_class, transport, 403, "error")
         raise Refusal(403, "Forbidden") from None
     if isinstance(accepted, Deferred):
         return accepted.addCallback(connected).addErrback(refused)
     return connected(accepted)
+
+
+def refused_event(
+    endpoint: Endpoint, socket_class: type[Socket], transport: str | None, status: int, reason: str
+) -> None:
+    """
+    Emit ``connect_refused`` (``reason``: ``origin``, ``vsn``, ``connect``,
+    ``id``, ``error`` or ``auth_token``); the transport counts the status
+    it answers with.
+    """
+    if endpoint.telemetry.observers:
+        endpoint.telemetry.emit(
+            "connect_refused", socket=socket_class.__name__, transport=transport, status=status, reason=reason
+        )
 
 
 def _limited(endpoint: Endpoint) -> Any:

@@ -94,11 +94,15 @@ class Session:
         "_id",
         "_events",
         "_joins",
+        "started",
+        "metrics",
     )
 
     def __init__(self, socket: Socket, serializer: Serializer, connection: Connection) -> None:
         self.endpoint: Endpoint = socket.endpoint
         self.reactor = self.endpoint.reactor
+        #: The endpoint's counters (see :mod:`twisted_phoenix.metrics`).
+        self.metrics = self.endpoint.metrics
         self.socket = socket
         self.serializer = serializer
         self.connection = connection
@@ -113,6 +117,8 @@ class Session:
         self._id = socket.id()
         endpoint = self.endpoint
         now = self.reactor.seconds()
+        #: When the connection was accepted (for the telemetry's durations).
+        self.started = now
         #: Every message but phx_join takes a token from here (heartbeats too).
         self._events = _limit(endpoint.event_rate, endpoint.event_burst, now)
         #: phx_join takes its token from here.
@@ -136,7 +142,18 @@ class Session:
             Phoenix does.
         """
         message = self.serializer.decode(data, binary)
-        limit = self._joins if message.event == PHX_JOIN else self._events
+        event, metrics = message.event, self.metrics
+        if event == PHX_JOIN:
+            metrics.joins_received += 1
+            limit = self._joins
+        else:
+            limit = self._events
+            if event == HEARTBEAT and message.topic == HEARTBEAT_TOPIC:
+                metrics.heartbeats_received += 1
+            elif event == PHX_LEAVE:
+                metrics.leaves_received += 1
+            else:
+                metrics.events_received += 1
         if limit is not None:
             if now is None:
                 now = self.reactor.seconds()
@@ -160,6 +177,7 @@ class Session:
                 "Closing {socket}: more than {n} messages queued behind a pending join",
                 socket=type(self.socket).__name__, n=self.socket.max_backlog,
             )
+            self.metrics.drop("backlog", self)
             self.connection.close(CLOSE_POLICY, "too many queued messages")
             return
         backlog.append(item)
@@ -187,6 +205,7 @@ class Session:
                 "(burst {burst:g}) after {refused} were refused",
                 socket=socket, kind=kind, rate=limit.rate, burst=limit.burst, refused=limit.refused - 1,
             )
+            self.metrics.drop("rate", self)
             self.connection.close(CLOSE_POLICY, "rate limited")
             # Whatever the transport does, nothing more is read from it.
             self.connection_lost()
@@ -246,12 +265,14 @@ class Session:
                 topic=truncate_repr(topic), socket=type(self.socket).__name__,
             )
             self.send(Reply(topic, "error", UNMATCHED_TOPIC, message.ref, None))
+            self._join_refused(topic, None, UNMATCHED_TOPIC["reason"])
         elif len(self.channels) >= self.socket.max_channels:
             self._rlog().error(
                 "Joining {topic} in {socket} refused: more than {n} channels",
                 topic=truncate_repr(topic), socket=type(self.socket).__name__, n=self.socket.max_channels,
             )
             self.send(Reply(topic, "error", TOO_MANY_CHANNELS, message.ref, message.join_ref))
+            self._join_refused(topic, channel_class, TOO_MANY_CHANNELS["reason"])
         else:
             server = ChannelServer(self, channel_class, topic, message.join_ref, message.ref)
             self.channels[topic] = server
@@ -284,6 +305,7 @@ class Session:
                 Reply(topic, result.status, result.response, message.ref, message.join_ref)
             )
         self.connection.send_frame(frame)
+        self._count_join(server, result)
         if close_old is not None:
             self.send(close_old)
         if result.status == "ok" and server.state == "joined":
@@ -319,6 +341,10 @@ class Session:
                 if frame is None:
                     return
             self.connection.send_frame(frame)
+            if type(message) is Reply:
+                self.metrics.replies_sent += 1
+            else:
+                self.metrics.pushes_sent += 1
 
     def _unencodable(self, message: Message | Reply) -> Frame | None:
         """Log a message that cannot be encoded; what to send instead, if anything."""
@@ -358,6 +384,7 @@ class Session:
         """A broadcast to the socket id: ``disconnect`` closes the connection (1001)."""
         if broadcast.event == DISCONNECT and not self.closed:
             self.close_reason = ("shutdown", "disconnected")
+            self.metrics.drop("disconnect", self)
             self.connection.close(CLOSE_GOING_AWAY)  # no reason text, as Phoenix
 
     # -- end ---------------------------------------------------------------------
@@ -373,6 +400,48 @@ class Session:
         channels, self.channels = self.channels, {}
         for server in channels.values():
             server.shutdown(self.close_reason)
+        if self.endpoint.telemetry.observers:
+            self.endpoint.telemetry.emit("disconnect", **self.describe())
+
+    # -- metrics and telemetry ------------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        """This connection's telemetry fields: ``socket``, ``transport``, ``duration`` (its age)."""
+        return {
+            "socket": type(self.socket).__name__,
+            "transport": getattr(self.connection, "transport_name", None),
+            "duration": self.reactor.seconds() - self.started,
+        }
+
+    def _count_join(self, server: ChannelServer, result: Any) -> None:
+        """Count a join's answer (its reply went out) and emit ``join`` or ``join_refused``."""
+        status = result.status
+        channel = type(server.channel).__name__
+        metrics = self.metrics
+        metrics.replies_sent += 1
+        joins = metrics.joins
+        joins[channel, status] = joins.get((channel, status), 0) + 1
+        telemetry = self.endpoint.telemetry
+        if not telemetry.observers:
+            return
+        if status == "ok":
+            telemetry.emit(
+                "join", topic=server.topic, channel=channel, socket=type(self.socket).__name__,
+                duration=self.reactor.seconds() - server.started,
+            )
+        else:
+            response = result.response
+            reason = response.get("reason") if isinstance(response, dict) else None
+            self._join_refused(server.topic, type(server.channel), reason if isinstance(reason, str) else "error")
+
+    def _join_refused(self, topic: str, channel_class: type | None, reason: str) -> None:
+        """Emit ``join_refused``."""
+        telemetry = self.endpoint.telemetry
+        if telemetry.observers:
+            telemetry.emit(
+                "join_refused", topic=topic, channel=None if channel_class is None else channel_class.__name__,
+                socket=type(self.socket).__name__, reason=reason,
+            )
 
 
 def _limit(rate: float | None, burst: float, now: float) -> RateLimit | None:

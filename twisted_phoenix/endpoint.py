@@ -31,6 +31,7 @@ from twisted.web.server import Site
 
 from ._output import Flusher
 from .message import Broadcast
+from .metrics import Metrics
 from .origin import OriginSetting
 from .presence import Presence
 from .pubsub import CallbackSubscriber, PubSub
@@ -43,6 +44,7 @@ from .static import (
     defining_module_directory,
     resolve_mounts,
 )
+from .telemetry import Telemetry
 
 __all__ = ["Endpoint"]
 
@@ -205,6 +207,10 @@ class Endpoint:
         self._callbacks: dict[tuple[str, Callable[[Broadcast], Any]], CallbackSubscriber] = {}
         #: Writes what each connection queued, once per reactor turn.
         self.flusher = Flusher(reactor)
+        #: This endpoint's counters (see :mod:`twisted_phoenix.metrics`).
+        self.metrics = Metrics(self)
+        #: Its structured events (see :mod:`twisted_phoenix.telemetry`).
+        self.telemetry = Telemetry(reactor)
         self._websockets: dict[str, Any] | None = None
         self._longpolls: dict[str, Any] | None = None
 

@@ -126,6 +126,16 @@ class PubSub:
     :param clock: gives the time (a reactor) to rate-limit the log of those
         failures (see :class:`~twisted_phoenix._log.RateLimitedLog`);
         without one every failure is logged.
+
+    Counters, for metrics (they only grow; one addition per broadcast):
+
+    :ivar broadcasts: broadcasts dispatched on this node (its own and those
+        from other nodes).
+    :ivar deliveries: subscribers they reached (the sender, a subscriber
+        that raised and one whose serializer could not encode a broadcast
+        are not counted).
+    :ivar fastlane_deliveries: of those, frames written straight to a
+        client's connection (the fastlane).
     """
 
     log = Logger()
@@ -138,6 +148,9 @@ class PubSub:
         self._rlog = RateLimitedLog(Logger(PubSub.log.namespace), clock)
         self._topics: dict[str, dict[Subscriber, None]] = {}
         self._snapshots: dict[str, tuple[Subscriber, ...]] = {}
+        self.broadcasts = 0
+        self.deliveries = 0
+        self.fastlane_deliveries = 0
 
     def subscribe(self, topic: str, subscriber: Subscriber) -> None:
         """Subscribe ``subscriber`` to ``topic``."""
@@ -227,13 +240,18 @@ class PubSub:
         ``send_frame`` per fastlane subscriber.
         """
         subscribers = self.subscribers(message.topic)
+        self.broadcasts += 1
         if not subscribers:
             return
         event = message.event
         # serializer → its Frame, or False when it cannot encode the broadcast
         frames: dict[Serializer, Frame | bool] = {}
+        # Counted off the fastlane only: subscribers not reached, and those
+        # reached through handle_broadcast.
+        missed = slow = 0
         for subscriber in subscribers:
             if subscriber is sender:
+                missed += 1
                 continue
             connection = subscriber.fastlane
             try:
@@ -244,9 +262,13 @@ class PubSub:
                         frame = frames[serializer] = self._fastlane(serializer, message)  # type: ignore[index]
                     if frame is not False:
                         connection.send_frame(frame)  # type: ignore[arg-type]
+                    else:
+                        missed += 1
                 else:
                     subscriber.handle_broadcast(message)
+                    slow += 1
             except Exception:
+                missed += 1
                 self._rlog.failure(
                     "Subscriber {subscriber} failed on {topic} {event}",
                     subscriber=truncate_repr(subscriber),
@@ -254,6 +276,9 @@ class PubSub:
                     event=truncate_repr(event),
                     level=LogLevel.error,
                 )
+        reached = len(subscribers) - missed
+        self.deliveries += reached
+        self.fastlane_deliveries += reached - slow
 
     def _fastlane(self, serializer: Serializer, message: Broadcast) -> Frame | bool:
         """``serializer``'s frame for ``message``, or ``False`` (logged) if it cannot encode it."""

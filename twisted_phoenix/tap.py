@@ -215,7 +215,7 @@ _OPTION_ORDER = [
     "port", "endpoint", "listen", "static", "host", "env", "secret-key-base", "name", "connect", "pubsub",
     "cookie", "dist-interface", "dist-port", "dist-cert", "dist-key", "dist-ca", "dist-plaintext",
     "dist-login-timeout", "dist-max-pending", "epmd-port",
-    "heartbeat-interval", "heartbeat-timeout", "no-http", "backlog",
+    "heartbeat-interval", "heartbeat-timeout", "no-http", "backlog", "metrics",
     *[option for option, _, _, _ in ENDPOINT_LIMITS],
     *[option for option, _, _, _ in PRESENCE_OPTIONS],
     "gc-threshold", "log-max-bytes", "log-max-files", "version", "help",
@@ -266,6 +266,9 @@ class Options(usage.Options):
         ["heartbeat-interval", None, "1.0", "Seconds between heartbeats on each cluster link."],
         ["heartbeat-timeout", None, "3.0", "Seconds of silence after which a peer node is dropped."],
         ["backlog", None, None, "Connections the kernel queues until accepted (default: the larger of 1024 and net.core.somaxconn)."],
+        ["metrics", None, None,
+         "Serve Prometheus metrics at /metrics on this Twisted endpoint, apart from the clients' port, "
+         "e.g. tcp:9100:interface=127.0.0.1 (needs prometheus-client: pip install 'twisted_phoenix[metrics]')."],
         *[
             [option, None, None, text if getattr(Endpoint, attribute) is None else f"{text} [default: {getattr(Endpoint, attribute)}]"]
             for option, attribute, _, text in ENDPOINT_LIMITS
@@ -393,6 +396,8 @@ class Options(usage.Options):
             self["secret"] = resolve_secret(self["secret-key-base"], self["env"])
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
+        if self["metrics"] is not None and importlib.util.find_spec("prometheus_client") is None:
+            raise usage.UsageError("--metrics needs prometheus-client: pip install 'twisted_phoenix[metrics]'")
         self["cluster"] = self["name"] != NO_NODE
         self["redis"] = _redis_option(self["pubsub"])
         if self["cluster"]:
@@ -488,6 +493,8 @@ class ListeningService(service.Service):
     """
 
     log = Logger()
+    #: What it logs once bound.
+    announce = "twisted_phoenix listening on {description} port={port}"
 
     def __init__(self, reactor: Any, description: str, factory: Any, backlog: int | None = None) -> None:
         self.reactor = reactor
@@ -507,10 +514,7 @@ class ListeningService(service.Service):
         def listening(port: Any) -> None:
             self._port = port
             address = port.getHost()
-            self.log.info(
-                "twisted_phoenix listening on {description} port={port}",
-                description=self.description, port=getattr(address, "port", None),
-            )
+            self.log.info(self.announce, description=self.description, port=getattr(address, "port", None))
 
         def failed(failure: Any) -> None:
             self.log.failure("Cannot listen on {description}", failure, description=self.description)
@@ -523,6 +527,20 @@ class ListeningService(service.Service):
         if self._port is not None:
             return self._port.stopListening()
         return None
+
+
+class MetricsService(ListeningService):
+    """Serves the endpoint's Prometheus metrics (``--metrics``); logs its port as the client port is."""
+
+    announce = "twisted_phoenix metrics on {description} port={port}"
+
+    def __init__(self, reactor: Any, description: str, endpoint: Endpoint) -> None:
+        from twisted.web.server import Site
+
+        site = Site(endpoint.metrics.resource(), reactor=reactor)
+        site.noisy = False
+        site.log = lambda request: None  # no access log line per scrape
+        super().__init__(reactor, description, site)
 
 
 class NodeService(service.Service):
@@ -652,6 +670,7 @@ def makeService(options: Options) -> service.IService:
             connect=options["connect"],
         )
         NodeService(reactor, node).setServiceParent(top)
+        endpoint.metrics.add_source(node)
     if options["redis"] is not None:
         # Broadcasts, direct broadcasts and presence go through Redis only;
         # cluster links, if any, still serve Node.list and the console.
@@ -659,11 +678,15 @@ def makeService(options: Options) -> service.IService:
         # stops after the endpoint, so that presence's goodbye goes out.
         from .adapters.redis import RedisAdapter
 
-        RedisAdapter(reactor, pubsub, options["redis"]).setServiceParent(top)
+        redis = RedisAdapter(reactor, pubsub, options["redis"])
+        redis.setServiceParent(top)
+        endpoint.metrics.add_source(redis)
     EndpointService(endpoint).setServiceParent(top)
     if not options["no-http"]:
         site = endpoint.site()
         site.noisy = False
         for description in options["listen"]:
             ListeningService(reactor, description, site, options["backlog"]).setServiceParent(top)
+    if options["metrics"] is not None:
+        MetricsService(reactor, options["metrics"], endpoint).setServiceParent(top)
     return top

@@ -226,20 +226,25 @@ class Link:
         Twisted, and :attr:`buffer_limit` bytes already written since.
         """
         if self.closed:
-            self.dropped += 1
+            self._drop()
             return False
         if self.paused:
             size = sum(len(c) for c in chunks)
             if self._paused_bytes + size > self.buffer_limit:
-                self.dropped += 1
+                self._drop()
                 return False
             self._paused_bytes += size
         try:
             self.remote.callRemote("broadcast", topic, event, chunks, binary, pbanswer=False)
         except pb.DeadReferenceError:
-            self.dropped += 1
+            self._drop()
             return False
         return True
+
+    def _drop(self) -> None:
+        """Count a broadcast dropped, here and in the node's total."""
+        self.dropped += 1
+        self.node.broadcasts_dropped += 1
 
     def received(self, method: str, args: tuple[Any, ...]) -> Any:
         """Validate and handle one call from the peer."""

@@ -175,6 +175,10 @@ class Node(service.Service):
         #: A new one each start: peers tell a restarted node from a stale link.
         self.incarnation = secrets.token_hex(8)
         self.links: dict[str, Link] = {}
+        #: Broadcasts to other nodes dropped: a link congested or gone
+        #: (every link's ``dropped``), or a direct broadcast to a node not
+        #: connected (for metrics; it only grows).
+        self.broadcasts_dropped = 0
         self.address: str | None = None
         self.mapper = MapperClient(
             reactor, mapper_port, cookie, login_timeout=login_timeout, max_pending=max_pending
@@ -630,6 +634,7 @@ class Node(service.Service):
         link = self.links.get(node)
         if link is None:
             log.warn("Direct broadcast to {node} dropped: not connected", node=node)
+            self.broadcasts_dropped += 1
             return False
         chunks, binary = _encode(message.payload)
         return link.send_broadcast(message.topic, message.event, chunks, binary)

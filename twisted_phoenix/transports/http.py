@@ -221,7 +221,7 @@ class _RequestReader(Protocol):
 
     def _expired(self) -> None:
         self._deadline = None
-        self.site.log_refusal("did not send its request within {timeout} s", timeout=self.site.handshake_timeout)
+        self.site.log_refusal(408, "did not send its request within {timeout} s", timeout=self.site.handshake_timeout)
         self.transport.write(_response(408, "Request Timeout"))
         self.transport.loseConnection()
 
@@ -234,7 +234,7 @@ class _RequestReader(Protocol):
     def _refuse(self, status: int, reason: str, why: str, body: bytes = b"") -> None:
         self._stop_deadline()
         self._route = False
-        self.site.log_refusal("refused with {status}: {why}", status=status, why=why)
+        self.site.log_refusal(status, "refused with {status}: {why}", why=why)
         self.transport.write(_response(status, reason, body))
         self.transport.loseConnection()
 
@@ -299,7 +299,7 @@ class PhoenixSite(Factory):
 
     def buildProtocol(self, addr: Any) -> Protocol:
         if len(self.open) >= self.max_connections:
-            self.log_refusal("refused with 503: {n} connections open (max_connections)", n=len(self.open))
+            self.log_refusal(503, "refused with 503: {n} connections open (max_connections)", n=len(self.open))
             return _Unavailable()
         reader = _RequestReader(self, addr)
         self.open.add(reader)
@@ -349,6 +349,7 @@ class PhoenixSite(Factory):
             return (400, "Bad Request", b"'upgrade' header must contain 'websocket'", "not a WebSocket upgrade")
         return factory
 
-    def log_refusal(self, text: str, **fields: Any) -> None:
-        """Log why a stranger was refused (rate-limited: they may be thousands)."""
-        limited_log(self.log, self.reactor, self.endpoint).warn("A connection was " + text, **fields)
+    def log_refusal(self, status: int, text: str, **fields: Any) -> None:
+        """Count a stranger refused with ``status``; log why (rate-limited: they may be thousands)."""
+        self.endpoint.metrics.refuse(status)
+        limited_log(self.log, self.reactor, self.endpoint).warn("A connection was " + text, status=status, **fields)

@@ -132,6 +132,8 @@ class LongPollSession:
     """
 
     log = Logger()
+    #: The transport's name in metrics and telemetry.
+    transport_name = "longpoll"
 
     # A subscriber of its own topic (the requests other nodes forward).
     fastlane = None
@@ -203,6 +205,7 @@ class LongPollSession:
                 "Ending a long-poll session that does not poll: over {limit} bytes wait for it",
                 limit=self.max_lag,
             )
+            self._dropped("slow")
             self.end()
             return
         poller = self.poller
@@ -257,6 +260,7 @@ class LongPollSession:
                     data, binary = base64.b64decode(line, validate=True), True
                 except (binascii.Error, ValueError):
                     self._limited().error("Ending a long-poll session that sent a line that is not base64")
+                    self._dropped("malformed")
                     self.end()
                     return 400
             else:
@@ -267,10 +271,12 @@ class LongPollSession:
                 self._limited().error(
                     "Ending a long-poll session that sent a malformed frame: {error}", error=truncate(str(e))
                 )
+                self._dropped("malformed")
                 self.end()
                 return 400
             except Exception:
                 self._limited().failure("Ending a long-poll session after an error handling its frame")
+                self._dropped("error")
                 self.end()
                 return 400
         return 410 if self.ended else 200
@@ -306,9 +312,15 @@ class LongPollSession:
         idle = self.reactor.seconds() - self.last_poll
         if idle >= self.inactive_after:
             self._limited().info("Ending a long-poll session not polled for {idle:.1f} s", idle=idle)
+            self._dropped("idle")
             self.end()
         else:
             self._timer = self.reactor.callLater(self.inactive_after - idle, self._check_inactive)
+
+    def _dropped(self, reason: str) -> None:
+        """The server is about to end this session: count it (and emit ``drop``)."""
+        if not self.ended:
+            self.transport.endpoint.metrics.drop(reason, self.session)
 
     def end(self) -> None:
         """End the session: every channel terminates, a waiting poll hears 410."""
@@ -568,8 +580,11 @@ class LongPoll(Resource):
         exchange = _Exchange(request)
         origin = request.getHeader(b"origin")
         try:
-            check_origin(self.endpoint, self.socket_class, origin.decode("latin-1") if origin is not None else None)
+            check_origin(
+                self.endpoint, self.socket_class, origin.decode("latin-1") if origin is not None else None, "longpoll"
+            )
         except Refusal:
+            self.endpoint.metrics.refuse(403)
             exchange.answer({"status": 403})
             return NOT_DONE_YET
         method = request.method
@@ -666,6 +681,7 @@ class LongPoll(Resource):
             limited_log(self.log, self.endpoint.reactor, self.endpoint).warn(
                 "Refused a long-poll session: {n} sessions (max_longpoll_sessions)", n=limit
             )
+            self.endpoint.metrics.refuse(503)
             exchange.answer_http(503)  # phoenix.js retries with its backoff
             return
         request = exchange.request
@@ -708,6 +724,7 @@ class LongPoll(Resource):
             # Phoenix's long-poll answers every refusal with 403.
             if not failure.check(Refusal):
                 self.log.failure("Long-poll handshake failed", failure)
+            self.endpoint.metrics.refuse(403)
             exchange.answer({"status": 403})
 
         d.addCallbacks(connected, refused).addErrback(

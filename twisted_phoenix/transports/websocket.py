@@ -40,6 +40,7 @@ from .._handshake import (
     connect_now,
     parse_params,
     path_params,
+    refused_event,
 )
 from .._output import StreamOutput
 from .._session import Session
@@ -110,6 +111,8 @@ class PhoenixServerProtocol(WebSocketServerProtocol):
     _fast_limit = 0
     #: The request head PhoenixSite read and parsed, for :meth:`_handshake`.
     request_head: RequestHead | None = None
+    #: The transport's name in metrics and telemetry.
+    transport_name = "websocket"
 
     # -- handshake ---------------------------------------------------------------
 
@@ -126,7 +129,7 @@ class PhoenixServerProtocol(WebSocketServerProtocol):
         endpoint = factory.endpoint
         headers = request.headers
         try:
-            check_origin(endpoint, socket_class, headers.get("origin"))
+            check_origin(endpoint, socket_class, headers.get("origin"), "websocket")
         except Refusal as e:
             raise ConnectionDeny(e.status, e.reason) from None
 
@@ -151,6 +154,7 @@ class PhoenixServerProtocol(WebSocketServerProtocol):
                     info["auth_token"] = token.decode("utf-8")
                 except (binascii.Error, UnicodeDecodeError):
                     self._limited().warn("Refused an undecodable auth token")
+                    refused_event(endpoint, socket_class, "websocket", 403, "auth_token")
                     raise ConnectionDeny(403, "Forbidden") from None
             if "phoenix" in request.protocols:
                 subprotocol = "phoenix"
@@ -336,6 +340,7 @@ class PhoenixServerProtocol(WebSocketServerProtocol):
         self._limited().info(
             "Closing an idle connection after {timeout} s without data", timeout=self.factory.idle.timeout
         )
+        self._dropped("idle")
         self.close(CLOSE_NORMAL)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
@@ -346,10 +351,28 @@ class PhoenixServerProtocol(WebSocketServerProtocol):
             session.frame_received(payload, isBinary, self._last_seen)
         except DecodeError as e:
             self._limited().error("Closing a connection that sent a malformed frame: {error}", error=truncate(str(e)))
+            self._dropped("malformed")
             self.close(CLOSE_INTERNAL_ERROR)
         except Exception:
             self._limited().failure("Closing a connection after an error handling its frame")
+            self._dropped("error")
             self.close(CLOSE_INTERNAL_ERROR)
+
+    def _dropped(self, reason: str) -> None:
+        """The server is about to close this client: count it (and emit ``drop``)."""
+        if self.state == self.STATE_OPEN and self.session is not None and not self.session.closed:
+            self.factory.endpoint.metrics.drop(reason, self.session)
+
+    def failHandshake(self, reason: str, code: int = 400, responseHeaders: Any = None) -> None:
+        # Every refused WebSocket handshake ends here: Autobahn's own
+        # refusals, and ours (ConnectionDeny from onConnect).
+        self.factory.endpoint.metrics.refuse(code)
+        super().failHandshake(reason, code, responseHeaders)
+
+    def onOpenHandshakeTimeout(self) -> None:
+        if self.state == self.STATE_CONNECTING:  # connect() took too long: dropped without an answer
+            self.factory.endpoint.metrics.refuse(408)
+        super().onOpenHandshakeTimeout()
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self.factory.idle.discard(self)
@@ -410,6 +433,7 @@ class PhoenixServerProtocol(WebSocketServerProtocol):
         # Phoenix's adapters send no close reason: log ours, send none.
         if self.state == self.STATE_OPEN:
             self._limited().info("Closing a connection ({code}): {reason}", code=code, reason=truncate(reason))
+            self._dropped("too_large" if code == 1009 else "protocol")
         super()._fail_connection(code, "")
 
     def _closeConnection(self, abort: bool = False) -> None:
@@ -426,6 +450,7 @@ class PhoenixServerProtocol(WebSocketServerProtocol):
         )
         # The close frame may never be read; Autobahn's closing-handshake
         # timeout then drops the TCP connection.
+        self._dropped("slow")
         self.close(CLOSE_TRY_AGAIN_LATER)
 
     def close(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
