@@ -191,6 +191,16 @@ class LongPollSession:
         """End the session (a ``disconnect`` broadcast, a limit)."""
         self.end()
 
+    def drain(self) -> None:
+        """
+        The server is draining: end the session (a waiting poll hears 410,
+        and phoenix.js starts a new session, on another server); the
+        channels terminate with ``("shutdown", "draining")``.
+        """
+        if not self.session.closed:
+            self.session.close_reason = ("shutdown", "draining")
+        self.end()
+
     # -- the Flusher's output -------------------------------------------------------
 
     def flush(self) -> None:
@@ -660,6 +670,9 @@ class LongPoll(Resource):
     def _new_session(self, exchange: _Exchange, pairs: list[tuple[str, str]]) -> None:
         """Phoenix's ``new_session``: the handshake, then 410 with a token (403 if refused)."""
         if exchange.finished:
+            return
+        if self.endpoint.draining:
+            exchange.answer_http(503)  # phoenix.js retries, through the load balancer
             return
         limit = self.endpoint.longpoll_session_limit()
         if self.endpoint.longpoll_session_count() >= limit:

@@ -70,6 +70,9 @@ CLOSE_INTERNAL_ERROR = 1011
 #: Sent to a client that fell ``Endpoint.max_lag`` bytes behind: "try again
 #: later" (phoenix.js reconnects after any close it did not ask for).
 CLOSE_TRY_AGAIN_LATER = 1013
+#: Sent to every client when the server drains before it stops (Phoenix's
+#: drainer): "service restart"; phoenix.js reconnects, to another server.
+CLOSE_SERVICE_RESTART = 1012
 
 #: Frames up to this size are parsed and unmasked by the transport itself;
 #: Autobahn handles larger ones (and everything else).
@@ -344,6 +347,15 @@ class PhoenixServerProtocol(WebSocketServerProtocol):
         # The close frame may never be read; Autobahn's closing-handshake
         # timeout then drops the TCP connection.
         self.close(CLOSE_TRY_AGAIN_LATER)
+
+    def drain(self) -> None:
+        """
+        The server is draining (Phoenix's drainer): close with 1012, no
+        reason text; the channels terminate with ``("shutdown", "draining")``.
+        """
+        if self.session is not None and not self.session.closed:
+            self.session.close_reason = ("shutdown", "draining")
+        self.close(CLOSE_SERVICE_RESTART)
 
     def close(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
         """
