@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import sys
 from typing import Any
 
 from twisted.application.service import MultiService
 from twisted.internet import defer, error, reactor
+from twisted.internet.interfaces import _ISupportsExitSignalCapturing
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface import implementer
 
 from twisted_phoenix.tap import ListeningService, Options, makeService
 from twisted_phoenix.workers import DEFAULT_DRAIN_TIMEOUT, available_cores, parse_workers, worker_names
@@ -129,8 +132,11 @@ class _Transport:
         self.signals.append(name)
 
 
+@implementer(_ISupportsExitSignalCapturing)
 class FakeProcessReactor(Clock):
-    """A clock that records spawnProcess calls; listenTCP/serverFromString are not needed here."""
+    """A clock that records spawnProcess calls, and the signal twistd would exit with."""
+
+    _exitSignal: int | None = None
 
     def __init__(self) -> None:
         super().__init__()
@@ -297,6 +303,20 @@ class SupervisorTests(SynchronousTestCase):
         self.reactor.advance(60)
         self.assertEqual(len(self.reactor.spawned), 2)  # ...and cancelled
 
+    def test_clean_exit(self) -> None:
+        """After a complete drain, the parent clears the signal twistd would exit with: it exits 0."""
+        # The real reactor has it (twistd reads it): this fails if Twisted changes.
+        self.assertTrue(_ISupportsExitSignalCapturing.providedBy(reactor))
+        self.assertIsNone(reactor._exitSignal)  # type: ignore[attr-defined]
+        self.reactor._exitSignal = signal.SIGTERM
+        supervisor = self.supervisor("--workers", "1")
+        supervisor.running = 1
+        supervisor._spawn_all()
+        d = supervisor.stopService()
+        supervisor.workers[1].processEnded(_exit(code=0))
+        self.successResultOf(d)
+        self.assertIsNone(self.reactor._exitSignal)  # type: ignore[attr-defined]
+
     def test_stop_kills_stragglers(self) -> None:
         """A worker still running after the drain timeout and a margin is killed."""
         supervisor = self.supervisor("--workers", "1", "--drain-timeout", "3")
@@ -308,8 +328,11 @@ class SupervisorTests(SynchronousTestCase):
         self.assertEqual(worker.transport.signals, ["TERM"])
         self.reactor.advance(0.1)
         self.assertEqual(worker.transport.signals, ["TERM", "KILL"])
+        self.reactor._exitSignal = signal.SIGTERM  # type: ignore[attr-defined]
         worker.processEnded(_exit(sig=9))
         self.successResultOf(d)
+        # Not a clean drain: twistd's way, terminated by the signal.
+        self.assertEqual(self.reactor._exitSignal, signal.SIGTERM)  # type: ignore[attr-defined]
 
 
 class ConfigureTests(SynchronousTestCase):

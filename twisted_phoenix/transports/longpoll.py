@@ -363,8 +363,10 @@ class _Exchange:
     is still there.
     """
 
-    def __init__(self, request: Request) -> None:
+    def __init__(self, request: Request, endpoint: Any = None) -> None:
         self.request = request
+        #: While it drains (:meth:`Endpoint.drain`), answers close their connection.
+        self.endpoint = endpoint
         self.finished = False
         self._on_gone: list[Callable[[], None]] = []
         request.notifyFinish().addBoth(self._ended)
@@ -387,16 +389,26 @@ class _Exchange:
         self.finished = True
         self._on_gone = []
         request = self.request
+        self._close_if_draining()
         data = _json(body)
         request.setHeader(b"content-type", b"application/json; charset=utf-8")
         request.setHeader(b"content-length", b"%d" % len(data))
         request.write(data)
         request.finish()
 
+    def _close_if_draining(self) -> None:
+        """A draining server's answers end their connection: the client's next one goes elsewhere."""
+        if self.endpoint is not None and self.endpoint.draining:
+            self.request.setHeader(b"connection", b"close")
+            channel = getattr(self.request, "channel", None)
+            if channel is not None:
+                channel.persistent = False
+
     def answer_http(self, code: int) -> None:
         """Answer with an HTTP status and no body."""
         if self.finished:
             return
+        self._close_if_draining()
         self.finished = True
         self._on_gone = []
         self.request.setResponseCode(code)
@@ -575,7 +587,7 @@ class LongPoll(Resource):
     def render(self, request: Request) -> Any:
         request.setHeader(b"access-control-allow-origin", b"*")
         request.setHeader(b"cache-control", b"no-store")
-        exchange = _Exchange(request)
+        exchange = _Exchange(request, self.endpoint)
         origin = request.getHeader(b"origin")
         try:
             check_origin(self.endpoint, self.socket_class, origin.decode("latin-1") if origin is not None else None)

@@ -385,12 +385,15 @@ class Supervisor(service.Service):
         waits = defer.DeferredList([w.ended for w in workers])
         timer = self.reactor.callLater(self.drain_timeout + STOP_MARGIN, self._kill, workers)
         yield waits
-        if timer.active():
+        drained = timer.active()
+        if drained:
             timer.cancel()
         if self._mapper_port is not None:
             yield defer.maybeDeferred(self._mapper_port.stopListening)
         if workers:
             log.info("Every worker has stopped")
+        if drained:
+            clean_exit(self.reactor)
 
     def _kill(self, workers: list[WorkerProcess]) -> None:
         left = [w for w in workers if not w.ended.called]
@@ -401,6 +404,19 @@ class Supervisor(service.Service):
             )
         for worker in left:
             worker.signal("KILL")
+
+
+def clean_exit(reactor: Any) -> None:
+    """
+    twistd ends a process that SIGTERM or SIGINT stopped by that signal (the
+    reactor's ``_exitSignal``, read once it has stopped): after a drain that
+    went to its end, the parent exits 0 instead.  (When workers had to be
+    killed, it keeps twistd's way: terminated by the signal.)
+    """
+    from twisted.internet.interfaces import _ISupportsExitSignalCapturing
+
+    if _ISupportsExitSignalCapturing.providedBy(reactor):
+        reactor._exitSignal = None
 
 
 def _generated_base(name: str) -> str:
