@@ -232,6 +232,22 @@ class WorkersClusterTests(WorkersTestCase):
         self.assertIsNotNone(failure)
 
 
+    @defer.inlineCallbacks
+    def test_one_worker_ctrl_c(self) -> Any:
+        """``--workers 1`` and Ctrl-C (SIGINT to the parent and its worker at once): 1012, exit 0."""
+        server = yield self.start("--drain-timeout", "5", workers=1)
+        (pid,) = self.workers(server).values()
+        client = yield connect(reactor, server.port, test=self, timeout=TIMEOUT)
+        self.assertEqual((yield self.where(client))["nodes"], [])
+        server.child.transport.signalProcess("INT")
+        os.kill(pid, signal.SIGINT)
+        _, code, _ = yield client.wait_closed(TIMEOUT)
+        self.assertEqual(code, 1012)
+        exit_code = yield server.child.wait_ended().addTimeout(TIMEOUT, reactor)
+        self.assertEqual(exit_code, 0, server.output())
+        self.assertRaises(ProcessLookupError, os.kill, pid, 0)
+
+
 class WorkersWithOtherNodesTests(WorkersTestCase):
     """Workers in a larger cluster: another node, or Redis."""
 

@@ -299,11 +299,13 @@ class Options(usage.Options):
         super().__init__()
         self["listen"] = []
         self["connect"] = []
-        #: The arguments parsed (a worker parses the same: :mod:`twisted_phoenix.workers`).
+        #: The arguments parsed, and where (a worker parses the same: :mod:`twisted_phoenix.workers`).
         self.argv: list[str] = []
+        self.cwd = ""
 
     def parseOptions(self, options: Any = None) -> None:
         self.argv = list(sys.argv[1:] if options is None else options)
+        self.cwd = os.getcwd()
         super().parseOptions(options)
 
     def opt_connect(self, node: str) -> None:

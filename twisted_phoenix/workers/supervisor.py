@@ -290,6 +290,7 @@ class Supervisor(service.Service):
             "epmd_port": self.epmd_port,
             "dist_port": dist_port,
             "args": list(getattr(options, "argv", [])),
+            "cwd": getattr(options, "cwd", "") or os.getcwd(),
             "listen": [FIRST_LISTEN_FD + i for i in range(len(self.ports))],
             "drain_timeout": self.drain_timeout,
             "path": list(sys.path),

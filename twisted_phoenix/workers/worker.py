@@ -330,8 +330,15 @@ def main(settings: dict[str, Any]) -> int:
     from ..tap import Options
 
     options = Options()
+    here = os.getcwd()
     try:
-        options.parseOptions(settings["args"])
+        # Where the parent parsed them (twistd may have changed directory
+        # since, with --rundir): relative paths mean the same.
+        os.chdir(settings["cwd"])
+        try:
+            options.parseOptions(settings["args"])
+        finally:
+            os.chdir(here)
         configure(options, settings)
     except usage.UsageError as e:
         log.error("Worker {index}: {error}", index=settings["index"], error=str(e))
