@@ -248,6 +248,19 @@ class WorkersClusterTests(WorkersTestCase):
         self.assertRaises(ProcessLookupError, os.kill, pid, 0)
 
 
+    @defer.inlineCallbacks
+    def test_orphans_exit(self) -> Any:
+        """kill -9 of the parent: its workers close their clients (1012) and exit by themselves."""
+        server = yield self.start()
+        pids = list(self.workers(server).values())
+        found = yield self.on_every_worker(server)
+        server.child.transport.signalProcess("KILL")
+        for (client,) in found.values():
+            _, code, _ = yield client.wait_closed(TIMEOUT)
+            self.assertEqual(code, 1012)
+        yield wait_until(reactor, lambda: all(gone(pid) for pid in pids), TIMEOUT, what="the workers exited")
+
+
 class WorkersWithOtherNodesTests(WorkersTestCase):
     """Workers in a larger cluster: another node, or Redis."""
 
@@ -337,6 +350,15 @@ class LongPollAcrossWorkersTests(WorkersTestCase):
             messages = yield polling.messages(token)
             self.assertEqual(messages[0][1:4], [ref, "where", "phx_reply"])
             self.assertEqual(messages[0][4]["response"]["node"], holder)
+
+
+def gone(pid: int) -> bool:
+    """Whether process ``pid`` has exited (a zombie waiting for init counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
 
 
 def session_node(token: str) -> str:

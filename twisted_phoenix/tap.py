@@ -389,16 +389,17 @@ class Options(usage.Options):
         """``--workers`` and ``--drain-timeout``: see :mod:`twisted_phoenix.workers`."""
         from .workers import DEFAULT_DRAIN_TIMEOUT, parse_workers
 
+        timeout = self["drain-timeout"]
         try:
-            self["drain-timeout"] = (
-                DEFAULT_DRAIN_TIMEOUT if self["drain-timeout"] is None else _positive(float)(self["drain-timeout"])
-            )
-            if self["workers"] is not None:
-                self["workers"] = parse_workers(self["workers"])
-        except ValueError as e:
-            raise usage.UsageError(str(e) if "workers" in str(e) else "--drain-timeout takes a positive number") from None
+            self["drain-timeout"] = DEFAULT_DRAIN_TIMEOUT if timeout is None else _positive(float)(timeout)
+        except ValueError:
+            raise usage.UsageError(f"--drain-timeout takes a positive number of seconds, not {timeout!r}") from None
         if self["workers"] is None:
             return
+        try:
+            self["workers"] = parse_workers(self["workers"])
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
         if self["no-http"]:
             raise usage.UsageError("--workers serves clients: it cannot go with --no-http")
         if self["cluster"] and self["dist-port"] and self["dist-port"] + self["workers"] - 1 > 65535:
