@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 from typing import Any
 
 from twisted.application.service import MultiService
@@ -391,6 +393,12 @@ class _Collect(Protocol):
 class AdoptTests(TestCase):
     """Serving a ``--listen`` description on an inherited listening socket (real loopback)."""
 
+    def directory(self) -> str:
+        """A temporary directory, removed in cleanup (not in the current directory)."""
+        directory = tempfile.mkdtemp(prefix="twisted_phoenix-workers-")
+        self.addCleanup(shutil.rmtree, directory, ignore_errors=True)
+        return directory
+
     def listening(self, family: int = socket.AF_INET, address: Any = ("127.0.0.1", 0)) -> socket.socket:
         s = socket.socket(family, socket.SOCK_STREAM)
         s.bind(address)
@@ -425,8 +433,7 @@ class AdoptTests(TestCase):
     @defer.inlineCallbacks
     def test_unix(self) -> None:
         """A unix: description adopts a Unix socket."""
-        path = os.path.join(self.mktemp())
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        path = os.path.join(self.directory(), "socket")
         s = self.listening(socket.AF_UNIX, path)
         self.assertEqual(socket_family(s.fileno()), socket.AF_UNIX)
         port = yield adopt(reactor, f"unix:{path}", os.dup(s.fileno()), Factory.forProtocol(_Hello))
@@ -441,9 +448,7 @@ class AdoptTests(TestCase):
 
         from ._cluster import ClusterPKI
 
-        directory = self.mktemp()
-        os.makedirs(directory)
-        pki = ClusterPKI(directory)
+        pki = ClusterPKI(self.directory())
         cert, key = pki.issue("server")
         ca = pki.ca_path
         s = self.listening()
