@@ -71,6 +71,16 @@ class WebSocketDrainTests(TestCase):
         self.assertEqual(RecordingChannel.terminated, [("shutdown", "draining")] * 3)
         yield server.wait_no_connections()
 
+    @defer.inlineCallbacks
+    def test_opened_while_draining(self) -> None:
+        """A WebSocket whose handshake ends after the drain began is closed with 1012 at once."""
+        endpoint = DrainEndpoint(reactor)
+        server = serve(self, endpoint)
+        self.assertEqual((yield endpoint.drain()), 0)
+        client = yield connect(reactor, server.port, test=self)
+        _, code, _ = yield client.wait_closed()
+        self.assertEqual(code, 1012)
+
 
 class _Connection:
     """Stands for a connection in the drain's batches."""

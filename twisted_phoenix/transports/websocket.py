@@ -184,6 +184,12 @@ class PhoenixServerProtocol(WebSocketServerProtocol):
         if self.transport.producer is not None:
             self.transport.unregisterProducer()
         endpoint = self.factory.endpoint
+        if endpoint.draining:
+            # Its handshake was under way when the drain began.  Closed with
+            # Autobahn's own writes, which follow the handshake's answer (the
+            # output would write to the socket ahead of it).
+            self.drain()
+            return
         self.output = StreamOutput(self.transport, endpoint.flusher, endpoint.max_lag, self._fell_behind)
         self._fast_limit = min(FAST_FRAME, self.factory.endpoint.max_frame_size)
         self.factory.idle.add(self)
