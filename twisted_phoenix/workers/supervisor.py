@@ -115,7 +115,7 @@ class WorkerProcess(ProcessProtocol):
         self._output = {fd: _Lines(sink) for fd in (1, 2)} if sink is not None else {}
 
     def __repr__(self) -> str:
-        return f"worker {self.index} ({self.name}, pid {self.pid})"
+        return f"Worker {self.index} ({self.name}, pid {self.pid})"
 
     def connectionMade(self) -> None:
         self.pid = self.transport.pid
