@@ -218,7 +218,9 @@ class Worker:
         if self.node is not None:
             waits.append(self.node.started)
             self.node.node_up_callbacks.append(self._node_up)
-        defer.gatherResults(waits).addCallback(self._ready)
+        defer.gatherResults(waits).addCallback(self._ready).addErrback(
+            lambda f: log.failure("Reporting this worker ready", f)
+        )
 
     def _ready(self, _: Any) -> None:
         self.report({"event": "ready", "name": self.settings["name"], "pid": os.getpid()})
@@ -246,7 +248,9 @@ class Worker:
             delay = SIBLING_RETRY[min(attempt, len(SIBLING_RETRY) - 1)]
             self.reactor.callLater(delay, self._link_sibling, name, since, attempt + 1)
 
-        node.connect(name, quiet=True).addCallback(done)
+        node.connect(name, quiet=True).addCallback(done).addErrback(
+            lambda f: log.failure("Linking sibling {sibling}", f, sibling=name)
+        )
 
     def _node_up(self, peer: str | None) -> None:
         if self._linked or self.node is None or not self.node.started.called:
