@@ -226,6 +226,40 @@ def sample(pid: int) -> Sample:
     return Sample(status.get("VmRSS", 0), status.get("VmHWM", 0), cpu_seconds(pid), fds)
 
 
+def descendants(pid: int) -> list[int]:
+    """The children of ``pid``, their children, and so on (from ``/proc``)."""
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            tasks = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                with open(f"/proc/{parent}/task/{task}/children") as f:
+                    children = [int(c) for c in f.read().split()]
+            except OSError:
+                continue
+            found += children
+            todo += children
+    return found
+
+
+def sample_tree(pid: int) -> Sample:
+    """:func:`sample` of ``pid`` and of every descendant, added up (their peaks too, an upper bound)."""
+    total = sample(pid)
+    for child in descendants(pid):
+        try:
+            s = sample(child)
+        except (OSError, ValueError):
+            continue  # it just exited
+        total = Sample(total.rss_kib + s.rss_kib, total.hwm_kib + s.hwm_kib,
+                       total.cpu_seconds + s.cpu_seconds, total.fds + s.fds)
+    return total
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of ``pid``."""
     with open(f"/proc/{pid}/stat") as f:

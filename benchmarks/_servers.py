@@ -28,7 +28,9 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from benchmarks._proc import ROOT, BenchmarkError, Child, Sample, accepts, env, free_port, pid_listening_on, sample
+from benchmarks._proc import (
+    ROOT, BenchmarkError, Child, Sample, accepts, env, free_port, pid_listening_on, sample, sample_tree,
+)
 
 #: phoenix.js's URL for a socket mounted at /socket.
 PHOENIX_PATH = "/socket/websocket?vsn=2.0.0"
@@ -49,13 +51,16 @@ class Spec:
     redis: bool = False  # needs a redis-server, given with --redis-port
     command: str = ""  # external: the shell command ("" if already running)
     port: int = 0  # external: its port
-    options: tuple[str, ...] = ()  # phoenix: options every start of it gets (--phoenix-options)
+    options: tuple[str, ...] = ()  # phoenix: options of this server before the workload's (and --phoenix-options)
+    ready: str = ""  # phoenix: also wait for this line in its log (its workers started)
 
 
 SPECS: dict[str, Spec] = {
     s.name: s
     for s in (
         Spec("phoenix", "twisted_phoenix", "phoenix"),
+        Spec("workers", "twisted_phoenix --workers 2", "phoenix", options=("--workers", "2"),
+             ready="All 2 workers ready and linked"),
         Spec("prepared", "Autobahn (prepared / sendMessage)", "script",
              ("benchmarks.peers.server_floor", "prepared"), path="/"),
         Spec("raw", "Autobahn raw transport.write", "script", ("benchmarks.peers.server_floor", "raw"), path="/"),
@@ -67,6 +72,14 @@ SPECS: dict[str, Spec] = {
              path="/ws/", modules=("daphne", "channels", "channels_redis", "django"), redis=True),
     )
 }
+
+
+#: Servers run by default when a workload compares "every" server: not the
+#: variants of twisted_phoenix itself (ask for ``--servers phoenix,workers``).
+DEFAULT_SPECS = tuple(name for name in SPECS if name != "workers")
+
+#: The twisted_phoenix servers, for the workloads that measure only ours.
+PHOENIX_SPECS = ("phoenix", "workers")
 
 
 def external_spec(command: str, port: int, path: str, label: str = "") -> Spec:
@@ -166,7 +179,8 @@ class Server:
         if self.pid is None:
             return None
         try:
-            return sample(self.pid)
+            # With --workers, the parent and its workers together.
+            return sample_tree(self.pid) if "--workers" in self.spec.options else sample(self.pid)
         except (OSError, ValueError):
             return None
 
@@ -236,8 +250,21 @@ class Server:
                 raise BenchmarkError(f"{self.tag} ({self.command_line}) did not listen on port {self.port} "
                                      f"within {self.timeout:.0f} s{self.child.tail()}")
             time.sleep(0.05)
+        while spec.ready and spec.ready not in self._log_text(log):
+            if not self.child.alive() or time.monotonic() > deadline:
+                raise BenchmarkError(f"{self.tag} ({self.command_line}) did not log {spec.ready!r} "
+                                     f"within {self.timeout:.0f} s{self.child.tail()}")
+            time.sleep(0.05)
         self.pid = self.child.pid if not shell else pid_listening_on(self.port)
         return self
+
+    @staticmethod
+    def _log_text(path: str) -> str:
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
 
     def terminate(self) -> None:
         """Send SIGTERM without waiting (to end several servers at once; then :meth:`stop` each)."""

@@ -51,7 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clients", type=int, default=5000, help="connections joined to the topic (5000)")
     p.add_argument("--broadcasts", type=int, default=100, help="broadcasts per run (100)")
     p.add_argument("--runs", type=int, default=3, help="runs of every server, interleaved (3)")
-    _cli.add_servers(p, ",".join(SERVERS), SERVERS)
+    _cli.add_servers(p, ",".join(SERVERS), (*SERVERS, "workers"))
     p.add_argument("--generators", type=int, default=1, help="Node processes splitting the clients (1)")
     p.add_argument("--message-bytes", type=int, default=100, help="bytes of each broadcast's JSON text (100)")
     p.add_argument("--timeout", type=float, default=120.0,
@@ -255,7 +255,7 @@ def summarize(specs: list[Spec], results: list[Result]) -> str:
 
 
 def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    specs = _cli.servers(parser, args, SERVERS)
+    specs = _cli.servers(parser, args, (*SERVERS, "workers"))
     profile_names = _cli.split(args.profile_servers)
     if any(n not in SERVERS and n != "external" for n in profile_names):
         parser.error(f"--profile-servers: from {', '.join(SERVERS)}")

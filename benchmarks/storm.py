@@ -39,7 +39,7 @@ from typing import Any
 from benchmarks import _cli, _report
 from benchmarks._loadgen import Generator, split
 from benchmarks._proc import BenchmarkError
-from benchmarks._servers import Server, Spec, start
+from benchmarks._servers import PHOENIX_SPECS, Server, Spec, start
 
 NAME = "storm"
 HELP = "N clients connect and join at once (or reconnect after a restart: --herd); a canary's heartbeat latency"
@@ -65,7 +65,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="--herd: how the server is ended before it is started again (KILL)")
     p.add_argument("--setup-concurrency", type=int, default=200,
                    help="--herd: handshakes in flight per process while the clients first connect (200)")
-    _cli.add_servers(p, "phoenix", ("phoenix",))
+    _cli.add_servers(p, "phoenix", PHOENIX_SPECS)
     _cli.add_output(p)
 
 
@@ -289,7 +289,7 @@ def _label(specs: list[Spec], r: Result) -> str:
 
 
 def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    specs = _cli.servers(parser, args, ("phoenix",))
+    specs = _cli.servers(parser, args, PHOENIX_SPECS)
     if args.clients < 1 or args.runs < 1 or args.concurrency < 0:
         parser.error("--clients and --runs must be positive, --concurrency at least 0")
     gens = generators_for(args)

@@ -8,6 +8,7 @@ Servers (each its own process on a free port, started by
 ``benchmarks/_servers.py``; see ``benchmarks/README.rst``):
 
 ``phoenix``     twisted_phoenix: ``twistd -n phoenix``, the demo app, the plugin's defaults
+``workers``     the same with ``--workers 2`` (on request: ``--servers phoenix,workers``)
 ``prepared``    plain Autobahn: ``sendPreparedMessage`` fan-out, ``sendMessage`` echo
 ``raw``         plain Autobahn: ``transport.write`` of pre-built frames (the floor)
 ``websockets``  ``websockets`` (asyncio), its ``broadcast()`` helper
@@ -55,7 +56,7 @@ from benchmarks import _cli, _pyspy, _report
 from benchmarks._loadgen import Generator as NodeGenerator
 from benchmarks._loadgen import split
 from benchmarks._proc import BenchmarkError
-from benchmarks._servers import SPECS, Server, Spec, start, unavailable
+from benchmarks._servers import DEFAULT_SPECS, SPECS, Server, Spec, start, unavailable
 
 COMMANDS = ("sweep", "roundtrip", "memory", "joinstorm", "all")
 HELP = {
@@ -178,7 +179,7 @@ def warm_up(opts: "Options", running: Running) -> None:
 
 @dataclass
 class Options:
-    servers: tuple[str, ...] = tuple(SPECS)
+    servers: tuple[str, ...] = DEFAULT_SPECS
     specs: dict[str, Spec] = field(default_factory=lambda: dict(SPECS))  # name -> spec, the external one too
     external_timeout: float = 120.0
     runs: int = 3
@@ -710,7 +711,7 @@ def arguments(command: str) -> Callable[[argparse.ArgumentParser], None]:
 
     def add(p: argparse.ArgumentParser) -> None:
         d = Options()
-        _cli.add_servers(p, ",".join(SPECS))
+        _cli.add_servers(p, ",".join(DEFAULT_SPECS))
         p.add_argument("--runs", type=int, default=d.runs, help=f"runs of every server, interleaved ({d.runs})")
         if command in ("sweep", "all"):
             p.add_argument("--sizes", type=_sizes, default=d.sizes,

@@ -25,7 +25,9 @@ from __future__ import annotations
 
 from typing import Any, Callable, ClassVar, Mapping
 
+from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
 
@@ -47,6 +49,10 @@ from .static import (
 from .telemetry import Telemetry
 
 __all__ = ["Endpoint"]
+
+#: Phoenix's drainer: connections told to go per batch, and seconds between batches.
+DRAIN_BATCH_SIZE = 10_000
+DRAIN_BATCH_INTERVAL = 2.0
 
 #: Phoenix's websock_adapter applies 10 MB; a Python process pays more for
 #: each byte of JSON, so the default here is 1 MiB.
@@ -213,6 +219,8 @@ class Endpoint:
         self.telemetry = Telemetry(reactor)
         self._websockets: dict[str, Any] | None = None
         self._longpolls: dict[str, Any] | None = None
+        #: Set by :meth:`drain`: new long-poll sessions are refused (503).
+        self.draining = False
 
     # -- serving --------------------------------------------------------------------
 
@@ -360,6 +368,42 @@ class Endpoint:
     def stop(self) -> None:
         """Stop it; the other nodes drop this node's presences at once."""
         self.presence.stop()
+
+    def drain(
+        self, batch_size: int = DRAIN_BATCH_SIZE, interval: float = DRAIN_BATCH_INTERVAL
+    ) -> defer.Deferred[int]:
+        """
+        Phoenix's socket drainer, for a server about to stop: close every
+        WebSocket with 1012 ("service restart") and end every long-poll
+        session, ``batch_size`` connections at a time every ``interval``
+        seconds (Phoenix's defaults), so that the clients reconnect
+        elsewhere in waves rather than all at once.  Their channels
+        terminate with ``("shutdown", "draining")``.  From now on new
+        long-poll sessions are refused (503); stop listening first, so that
+        no new WebSocket comes.
+
+        Fires with the number of connections told, once the last batch is.
+        """
+        self.draining = True
+        connections: list[Any] = [
+            connection for factory in self.websocket_factories().values() for connection in list(factory.idle.connections)
+        ]
+        connections += [session for poll in self.longpoll_resources().values() for session in list(poll.sessions.values())]
+        done: defer.Deferred[int] = defer.Deferred()
+
+        def batch(start: int) -> None:
+            for connection in connections[start : start + batch_size]:
+                try:
+                    connection.drain()
+                except Exception:
+                    Logger().failure("Draining a connection failed")
+            if start + batch_size < len(connections):
+                self.reactor.callLater(interval, batch, start + batch_size)  # type: ignore[attr-defined]
+            else:
+                done.callback(len(connections))
+
+        batch(0)
+        return done
 
     # -- PubSub -----------------------------------------------------------------------
 

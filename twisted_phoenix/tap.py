@@ -215,7 +215,7 @@ _OPTION_ORDER = [
     "port", "endpoint", "listen", "static", "host", "env", "secret-key-base", "name", "connect", "pubsub",
     "cookie", "dist-interface", "dist-port", "dist-cert", "dist-key", "dist-ca", "dist-plaintext",
     "dist-login-timeout", "dist-max-pending", "epmd-port",
-    "heartbeat-interval", "heartbeat-timeout", "no-http", "backlog", "metrics",
+    "heartbeat-interval", "heartbeat-timeout", "no-http", "backlog", "workers", "drain-timeout", "metrics",
     *[option for option, _, _, _ in ENDPOINT_LIMITS],
     *[option for option, _, _, _ in PRESENCE_OPTIONS],
     "gc-threshold", "log-max-bytes", "log-max-files", "version", "help",
@@ -266,6 +266,12 @@ class Options(usage.Options):
         ["heartbeat-interval", None, "1.0", "Seconds between heartbeats on each cluster link."],
         ["heartbeat-timeout", None, "3.0", "Seconds of silence after which a peer node is dropped."],
         ["backlog", None, None, "Connections the kernel queues until accepted (default: the larger of 1024 and net.core.somaxconn)."],
+        ["workers", None, None,
+         "Serve with N worker processes sharing the listening sockets, linked as a cluster "
+         "(auto: one per core); workers of --name base@host are base-1@host ... base-N@host."],
+        ["drain-timeout", None, None,
+         "With --workers: seconds the workers have to drain at SIGTERM (clients closed with 1012) "
+         "before they are killed [default: 15]."],
         ["metrics", None, None,
          "Serve Prometheus metrics at /metrics on this Twisted endpoint, apart from the clients' port, "
          "e.g. tcp:9100:interface=127.0.0.1 (needs prometheus-client: pip install 'twisted_phoenix[metrics]')."],
@@ -327,6 +333,14 @@ class Options(usage.Options):
         super().__init__()
         self["listen"] = []
         self["connect"] = []
+        #: The arguments parsed, and where (a worker parses the same: :mod:`twisted_phoenix.workers`).
+        self.argv: list[str] = []
+        self.cwd = ""
+
+    def parseOptions(self, options: Any = None) -> None:
+        self.argv = list(sys.argv[1:] if options is None else options)
+        self.cwd = os.getcwd()
+        super().parseOptions(options)
 
     def opt_connect(self, node: str) -> None:
         self["connect"].append(node)
@@ -409,6 +423,27 @@ class Options(usage.Options):
         elif self["redis"] is not None:
             # Nodes on Redis need names to be told apart; no cluster links.
             self["name"] = generated_node_name()
+        self._workers_options()
+
+    def _workers_options(self) -> None:
+        """``--workers`` and ``--drain-timeout``: see :mod:`twisted_phoenix.workers`."""
+        from .workers import DEFAULT_DRAIN_TIMEOUT, parse_workers
+
+        timeout = self["drain-timeout"]
+        try:
+            self["drain-timeout"] = DEFAULT_DRAIN_TIMEOUT if timeout is None else _positive(float)(timeout)
+        except ValueError:
+            raise usage.UsageError(f"--drain-timeout takes a positive number of seconds, not {timeout!r}") from None
+        if self["workers"] is None:
+            return
+        try:
+            self["workers"] = parse_workers(self["workers"])
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+        if self["no-http"]:
+            raise usage.UsageError("--workers serves clients: it cannot go with --no-http")
+        if self["cluster"] and self["dist-port"] and self["dist-port"] + self["workers"] - 1 > 65535:
+            raise usage.UsageError("--dist-port: worker i listens on --dist-port + i - 1, which must be a port number")
 
     def _cluster_options(self) -> None:
         try:
@@ -627,9 +662,41 @@ def _twistd_log_path(options: Options) -> str | None:
 
 
 def makeService(options: Options) -> service.IService:
-    """Build the service: the endpoint served on every ``--listen``."""
+    """
+    Build the service: the endpoint served on every ``--listen``; with
+    ``--workers``, the parent of the worker processes that serve it
+    (:mod:`twisted_phoenix.workers`).
+    """
     from twisted.internet import reactor
 
+    if options["workers"] is not None:
+        from .workers.supervisor import supervisor_service
+
+        return supervisor_service(reactor, options, _logging_top(options))
+    return serving_service(options, reactor)
+
+
+def _logging_top(options: Options) -> _Top:
+    """The top service, with the log observer twistd should use, if ours."""
+    top = _Top()
+    # twistd's own observer writes the same lines, much slower.
+    log_path = _twistd_log_path(options)
+    if log_path == "-":
+        top.log_observer = TextLogObserver(sys.stdout)
+    elif log_path is not None:
+        top.log_observer = rotating_log_observer(log_path, options["log-max-bytes"], options["log-max-files"])
+    return top
+
+
+def serving_service(
+    options: Options, reactor: Any, listen: Callable[[str, Any], service.IService] | None = None
+) -> service.IService:
+    """
+    The service of a process that serves: the endpoint, its node and
+    PubSub adapter, and a :class:`ListeningService` on every ``--listen``
+    (or what ``listen(description, site)`` makes: a worker adopts the
+    parent's sockets instead).
+    """
     tune_gc(reactor, options["gc-threshold"])
     before, after = raise_file_limit()
     if after != before:
@@ -645,13 +712,7 @@ def makeService(options: Options) -> service.IService:
         endpoint.host = options["host"]
     if options["static"] is not None:
         endpoint.static = {**endpoint.static, "/": options["static"]}
-    top = _Top()
-    # twistd's own observer writes the same lines, much slower.
-    log_path = _twistd_log_path(options)
-    if log_path == "-":
-        top.log_observer = TextLogObserver(sys.stdout)
-    elif log_path is not None:
-        top.log_observer = rotating_log_observer(log_path, options["log-max-bytes"], options["log-max-files"])
+    top = _logging_top(options)
     if options["cluster"]:
         node = Node(
             reactor,
@@ -686,7 +747,10 @@ def makeService(options: Options) -> service.IService:
         site = endpoint.site()
         site.noisy = False
         for description in options["listen"]:
-            ListeningService(reactor, description, site, options["backlog"]).setServiceParent(top)
+            if listen is None:
+                ListeningService(reactor, description, site, options["backlog"]).setServiceParent(top)
+            else:
+                listen(description, site).setServiceParent(top)
     if options["metrics"] is not None:
         MetricsService(reactor, options["metrics"], endpoint).setServiceParent(top)
     return top

@@ -193,6 +193,16 @@ class LongPollSession:
         """End the session (a ``disconnect`` broadcast, a limit)."""
         self.end()
 
+    def drain(self) -> None:
+        """
+        The server is draining: end the session (a waiting poll hears 410,
+        and phoenix.js starts a new session, on another server); the
+        channels terminate with ``("shutdown", "draining")``.
+        """
+        if not self.session.closed:
+            self.session.close_reason = ("shutdown", "draining")
+        self.end()
+
     # -- the Flusher's output -------------------------------------------------------
 
     def flush(self) -> None:
@@ -365,8 +375,10 @@ class _Exchange:
     is still there.
     """
 
-    def __init__(self, request: Request) -> None:
+    def __init__(self, request: Request, endpoint: Any = None) -> None:
         self.request = request
+        #: While it drains (:meth:`Endpoint.drain`), answers close their connection.
+        self.endpoint = endpoint
         self.finished = False
         self._on_gone: list[Callable[[], None]] = []
         request.notifyFinish().addBoth(self._ended)
@@ -389,16 +401,26 @@ class _Exchange:
         self.finished = True
         self._on_gone = []
         request = self.request
+        self._close_if_draining()
         data = _json(body)
         request.setHeader(b"content-type", b"application/json; charset=utf-8")
         request.setHeader(b"content-length", b"%d" % len(data))
         request.write(data)
         request.finish()
 
+    def _close_if_draining(self) -> None:
+        """A draining server's answers end their connection: the client's next one goes elsewhere."""
+        if self.endpoint is not None and self.endpoint.draining:
+            self.request.setHeader(b"connection", b"close")
+            channel = getattr(self.request, "channel", None)
+            if channel is not None:
+                channel.persistent = False
+
     def answer_http(self, code: int) -> None:
         """Answer with an HTTP status and no body."""
         if self.finished:
             return
+        self._close_if_draining()
         self.finished = True
         self._on_gone = []
         self.request.setResponseCode(code)
@@ -577,7 +599,7 @@ class LongPoll(Resource):
     def render(self, request: Request) -> Any:
         request.setHeader(b"access-control-allow-origin", b"*")
         request.setHeader(b"cache-control", b"no-store")
-        exchange = _Exchange(request)
+        exchange = _Exchange(request, self.endpoint)
         origin = request.getHeader(b"origin")
         try:
             check_origin(
@@ -675,6 +697,9 @@ class LongPoll(Resource):
     def _new_session(self, exchange: _Exchange, pairs: list[tuple[str, str]]) -> None:
         """Phoenix's ``new_session``: the handshake, then 410 with a token (403 if refused)."""
         if exchange.finished:
+            return
+        if self.endpoint.draining:
+            exchange.answer_http(503)  # phoenix.js retries, through the load balancer
             return
         limit = self.endpoint.longpoll_session_limit()
         if self.endpoint.longpoll_session_count() >= limit:

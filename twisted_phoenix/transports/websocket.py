@@ -73,6 +73,9 @@ CLOSE_INTERNAL_ERROR = 1011
 #: Sent to a client that fell ``Endpoint.max_lag`` bytes behind: "try again
 #: later" (phoenix.js reconnects after any close it did not ask for).
 CLOSE_TRY_AGAIN_LATER = 1013
+#: Sent to every client when the server drains before it stops (Phoenix's
+#: drainer): "service restart"; phoenix.js reconnects, to another server.
+CLOSE_SERVICE_RESTART = 1012
 
 #: Frames up to this size are parsed and unmasked by the transport itself;
 #: Autobahn handles larger ones (and everything else).
@@ -263,6 +266,12 @@ class PhoenixServerProtocol(WebSocketServerProtocol):
         if self.transport.producer is not None:
             self.transport.unregisterProducer()
         endpoint = self.factory.endpoint
+        if endpoint.draining:
+            # Its handshake was under way when the drain began.  Closed with
+            # Autobahn's own writes, which follow the handshake's answer (the
+            # output would write to the socket ahead of it).
+            self.drain()
+            return
         self.output = StreamOutput(self.transport, endpoint.flusher, endpoint.max_lag, self._fell_behind)
         self._fast_limit = min(FAST_FRAME, self.factory.endpoint.max_frame_size)
         self.factory.idle.add(self)
@@ -452,6 +461,15 @@ class PhoenixServerProtocol(WebSocketServerProtocol):
         # timeout then drops the TCP connection.
         self._dropped("slow")
         self.close(CLOSE_TRY_AGAIN_LATER)
+
+    def drain(self) -> None:
+        """
+        The server is draining (Phoenix's drainer): close with 1012, no
+        reason text; the channels terminate with ``("shutdown", "draining")``.
+        """
+        if self.session is not None and not self.session.closed:
+            self.session.close_reason = ("shutdown", "draining")
+        self.close(CLOSE_SERVICE_RESTART)
 
     def close(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
         """
