@@ -22,6 +22,8 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from zope.interface import provider
 
+from twisted_phoenix._autobahn import ReactorTimer
+
 __all__ = [
     "DEFAULT_TIMEOUT",
     "Client",
@@ -64,29 +66,6 @@ class _Once:
         if timeout is not None:
             d.addTimeout(timeout, reactor)
         return d
-
-
-class _ReactorTimer:
-    """
-    Autobahn's ``factory._batched_timer`` on plain ``callLater``: txaio's
-    batched timer rounds deadlines down to whole seconds, so its timeouts
-    may fire up to a second early (or at once).
-    """
-
-    def __init__(self, reactor: Any) -> None:
-        self._reactor = reactor
-
-    def call_later(self, delay: float, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        return _Call(self._reactor.callLater(delay, func, *args, **kwargs))
-
-
-class _Call:
-    def __init__(self, call: Any) -> None:
-        self._call = call
-
-    def cancel(self) -> None:
-        if self._call.active():
-            self._call.cancel()
 
 
 # -- server ------------------------------------------------------------------------
@@ -336,7 +315,7 @@ def connect(
     if useragent is not None:
         factory.useragent = useragent
     factory.protocol = _ClientProtocol
-    factory._batched_timer = _ReactorTimer(reactor)
+    factory._batched_timer = ReactorTimer(reactor)
     factory.setProtocolOptions(
         openHandshakeTimeout=timeout,
         closeHandshakeTimeout=2,

@@ -24,6 +24,7 @@ from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.python.failure import Failure
 
+from .._autobahn import ReactorTimer
 from ._transport import CLOSED, CLOSING, CONNECTING, OPEN, CloseEvent, TransportHandler
 
 __all__ = ["ConnectionFailed", "WebSocketTransport"]
@@ -36,27 +37,6 @@ ABNORMAL_CLOSURE = 1006
 
 class ConnectionFailed(Exception):
     """A connection attempt failed: refused, timed out, TLS rejected, or the handshake refused (e.g. HTTP 403)."""
-
-
-class _ReactorTimer:
-    """Autobahn's ``factory._batched_timer`` on the given reactor's ``callLater``."""
-
-    def __init__(self, reactor: Any) -> None:
-        self._reactor = reactor
-
-    def call_later(self, delay: float, func: Any, *args: Any, **kwargs: Any) -> Any:
-        return _Call(self._reactor.callLater(delay, func, *args, **kwargs))
-
-
-class _Call:
-    __slots__ = ("_call",)
-
-    def __init__(self, call: Any) -> None:
-        self._call = call
-
-    def cancel(self) -> None:
-        if self._call.active():
-            self._call.cancel()
 
 
 class _ClientProtocol(WebSocketClientProtocol):
@@ -166,7 +146,7 @@ class WebSocketTransport:
         )
         factory.protocol = _ClientProtocol
         factory.owner = self
-        factory._batched_timer = _ReactorTimer(reactor)
+        factory._batched_timer = ReactorTimer(reactor)
         factory.setProtocolOptions(
             openHandshakeTimeout=connect_timeout,
             closeHandshakeTimeout=close_timeout,

@@ -30,6 +30,7 @@ from twisted.internet.interfaces import ISSLTransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from .._autobahn import ReactorTimer
 from .._log import RateLimitedLog, limited_log, truncate
 from .._handshake import (
     Connected,
@@ -503,7 +504,7 @@ class PhoenixServerFactory(WebSocketServerFactory):
         # Autobahn's timers (handshake, closing, idle) on our reactor.  Not
         # txaio's batched timer: it rounds deadlines down to whole seconds, so
         # a 0.5 s handshake timeout could fire at once.
-        self._batched_timer = _ReactorTimer(endpoint.reactor)
+        self._batched_timer = ReactorTimer(endpoint.reactor)
         #: The open connections, for the idle timeout.
         self.idle = IdleSweeper(endpoint.reactor, socket_class.timeout)
         self.setProtocolOptions(
@@ -598,29 +599,6 @@ class IdleSweeper:
             connection.idle_timeout()
         if self.connections:
             self._schedule()
-
-
-class _ReactorTimer:
-    """Autobahn's ``factory._batched_timer`` interface on ``reactor.callLater``."""
-
-    def __init__(self, reactor: Any) -> None:
-        self._reactor = reactor
-
-    def call_later(self, delay: float, func: Any, *args: Any, **kwargs: Any) -> Any:
-        return _TimerCall(self._reactor.callLater(delay, func, *args, **kwargs))
-
-
-class _TimerCall:
-    """A delayed call whose ``cancel`` is a no-op once it ran."""
-
-    __slots__ = ("_call",)
-
-    def __init__(self, call: Any) -> None:
-        self._call = call
-
-    def cancel(self) -> None:
-        if self._call.active():
-            self._call.cancel()
 
 
 def _default_serializers() -> Any:
