@@ -12,11 +12,28 @@ from twisted.internet import defer, reactor
 from twisted.logger import LogLevel
 
 from twisted_phoenix.cluster.node import Node
+from twisted_phoenix.examples.hello_sockets import HelloSocketsEndpoint, UserSocket
 from twisted_phoenix.presence.tracker import Tracker
 from twisted_phoenix.pubsub import CallbackSubscriber
 
+from ._client import connect, serve
 from ._cluster import Collector, told, wait_interest, wait_until
 from .test_cluster import TIMEOUT, ClusterTestCase
+
+
+class IdSocket(UserSocket):
+    """The demo's socket, with the id ``user_socket:<id param>``."""
+
+    def connect(self, params: dict[str, Any], connect_info: dict[str, Any]) -> bool:
+        self.assigns["id"] = params.get("id", "anonymous")
+        return True
+
+    def id(self) -> str:
+        return f"user_socket:{self.assigns['id']}"
+
+
+class IdEndpoint(HelloSocketsEndpoint):
+    sockets = {"/socket": IdSocket}
 
 
 def record(node: Node) -> list[tuple[str, str]]:
@@ -168,6 +185,22 @@ class InterestRoutingTests(ClusterTestCase):
         gossip = [topic for _, topic in self.received[self.c.name] if topic.startswith("phx_presence:")]
         self.assertEqual(len(gossip), before)
         self.assertGreater(self.a.skipped, 0)
+
+    @defer.inlineCallbacks
+    def test_disconnect_socket_id(self) -> None:
+        """A disconnect broadcast to a socket id from another node closes that socket (its id is declared)."""
+        endpoint = IdEndpoint(reactor, node_name=self.b.name, secret_key_base="s" * 64, pubsub=self.b.pubsub)
+        server = serve(self, endpoint)
+        client = yield connect(reactor, server.port, query="vsn=2.0.0&id=42", test=self)
+        yield client.join_and_ping()
+        yield wait_interest(reactor, self.nodes, "user_socket:42", TIMEOUT)
+        self.assertNotIn("user_socket:42", self.a.wanted_by(self.c.name))
+        self.c.pubsub.broadcast("user_socket:42", "disconnect", {})
+        _, code, _ = yield client.wait_closed(TIMEOUT)
+        self.assertEqual(code, 1001)
+        # The socket's topic lingers, then goes from its peers' view.
+        yield wait_until(reactor, lambda: "user_socket:42" not in self.c.wanted_by(self.b.name), TIMEOUT,
+                         what="socket id dropped")
 
     @defer.inlineCallbacks
     def test_relink_resets(self) -> None:
