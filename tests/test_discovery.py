@@ -16,7 +16,7 @@ from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel
 from twisted.python import usage
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from twisted_phoenix.cluster.discovery import (
     DEFAULT_INTERVAL,
@@ -413,3 +413,57 @@ class TapTests(SynchronousTestCase):
         self.assertIs(discovery.resolver, global_reactor.nameResolver)
         self.assertTrue(next(s.node for s in tap.makeService(options) if isinstance(s, tap.NodeService)).interest_routing)
 
+
+
+def _bindable(address: str, port: int = 0) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((address, port))
+        except OSError:
+            return False
+    return True
+
+
+class LoopbackAliasTests(TestCase):
+    """Nodes on loopback aliases (127.0.0.2, ...): not in the port mapper, reached by address, meshed."""
+
+    def setUp(self) -> None:
+        if not _bindable("127.0.0.2"):
+            raise SkipTest("this machine cannot bind loopback aliases (127.0.0.2)")
+        self.mapper_port = free_port()
+        self.logs = watch_logs(self, reactor)
+
+    def test_learn_address(self) -> None:
+        """Addresses of other hosts and of loopback aliases are kept; 127.0.0.1 ones are the mapper's."""
+        from twisted_phoenix.cluster.node import Node
+        from twisted_phoenix.pubsub import PubSub
+
+        node = Node(Clock(), "me@127.0.0.1", cookie="c", pubsub=PubSub("me@127.0.0.1"))
+        self.addCleanup(node.announcer.stop)
+        node._learn_address("app@127.0.0.3", "127.0.0.3:9100")
+        node._learn_address("b@127.0.0.1", "127.0.0.1:5000")
+        node._learn_address("c@10.0.0.1", "10.0.0.1:9100")
+        node._learn_address("d@127.0.0.4", "not an address")
+        self.assertEqual(node._addresses, {"app@127.0.0.3": "127.0.0.3:9100", "c@10.0.0.1": "10.0.0.1:9100"})
+
+    @defer.inlineCallbacks
+    def test_aliases(self) -> Any:
+        """Alias nodes skip the port mapper, link by address, and introduce each other."""
+        from ._cluster import start_node, wait_until
+
+        port = free_port()
+        for _ in range(20):
+            if all(_bindable(f"127.0.0.{i}", port) for i in (2, 3, 4)):
+                break
+            port = free_port()
+        nodes = []
+        for i in (2, 3, 4):
+            nodes.append((yield start_node(self, reactor, f"app@127.0.0.{i}", mapper_port=self.mapper_port,
+                                           interface=f"127.0.0.{i}", port=port)))
+        self.assertEqual(len(self.logs.find("is not registered with the port mapper")), 3)
+        a, b, c = nodes
+        self.assertTrue((yield b.connect(f"{a.name}=127.0.0.2:{port}")))
+        # c knows only a; a's hello names b, whose address c keeps.
+        self.assertTrue((yield c.connect(f"{a.name}=127.0.0.2:{port}")))
+        yield wait_until(reactor, lambda: all(len(n.list()) == 2 for n in nodes), 10.0, what="full mesh")
+        self.assertEqual(c.list(), [a.name, b.name])

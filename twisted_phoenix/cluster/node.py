@@ -601,16 +601,16 @@ class Node(service.Service):
 
     def _learn_address(self, name: str, address: Any) -> None:
         # Nodes on this host are found through the port mapper, which stays
-        # right when they restart on another port; but one that advertises
-        # an address other than 127.0.0.1 (a loopback alias, say) is not
-        # registered there, and is reached by that address.
+        # right when they restart on another port; but one on a loopback
+        # alias (127.0.0.2, ...) may listen there only, unregistered: its
+        # address is kept, for when the mapper does not know it.
         if not isinstance(address, str):
             return
         try:
             host, _ = parse_address(address)
         except ValueError:
             return
-        if not is_local_host(parse_node_name(name).host) or host not in _MAPPED_INTERFACES:
+        if not is_local_host(parse_node_name(name).host) or (host.startswith("127.") and host != "127.0.0.1"):
             self._addresses.setdefault(name, address)
 
     def _peer_leaving(self, link: Link) -> None:
