@@ -81,9 +81,8 @@ STOP_TIMEOUT = 5.0
 #: Seconds a link we open has to log in, and then to get the hello answer.
 CONNECT_TIMEOUT = 5.0
 
-#: Link interfaces (and advertised hosts) reachable at 127.0.0.1, where
-#: the port mapper's answers point: a local node listening on one of these
-#: registers with it.
+#: Link interfaces reachable at 127.0.0.1, where the port mapper's answers
+#: point: a local node listening on one of these registers with it.
 _MAPPED_INTERFACES = frozenset({"127.0.0.1", "0.0.0.0", "", "localhost"})
 
 
