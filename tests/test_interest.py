@@ -155,6 +155,16 @@ class PeerInterestTests(SynchronousTestCase):
         peer.set_part(["x" * MAX_TOPIC_LENGTH], True)
         self.assertEqual(peer.state, "set")
 
+    def test_other_limits(self) -> None:
+        """The batch and the topic length are the peer's own (a Node's interest_batch, interest_topic_length)."""
+        peer = PeerInterest("p", batch=2, max_length=3)
+        peer.set_part(["a", "bcd"], True)
+        self.assertEqual(peer.topics, {"a", "bcd"})
+        peer.update(["x", "y", "z"], [])
+        self.assertEqual(peer.state, "overflow")
+        peer.set_part(["abcd"], True)
+        self.assertEqual(peer.state, "overflow")
+
 
 class FakeLink:
     """A link as the announcer sees it: records what it is told."""
@@ -315,9 +325,22 @@ class InterestAnnouncerTests(SynchronousTestCase):
         self.assertEqual(clock.getDelayedCalls(), [])
 
     def test_limits(self) -> None:
-        """max_topics must be at least 1; the default is DEFAULT_MAX_TOPICS."""
-        self.assertRaises(ValueError, InterestAnnouncer, Clock(), list, max_topics=0)
-        self.assertEqual(InterestAnnouncer(Clock(), list).max_topics, DEFAULT_MAX_TOPICS)
+        """max_topics, batch and max_length must be at least 1; the defaults are the module's."""
+        for bad in ({"max_topics": 0}, {"batch": 0}, {"max_length": 0}):
+            self.assertRaises(ValueError, InterestAnnouncer, Clock(), list, **bad)
+        announcer = InterestAnnouncer(Clock(), list)
+        self.assertEqual((announcer.max_topics, announcer.batch, announcer.max_length),
+                         (DEFAULT_MAX_TOPICS, BATCH, MAX_TOPIC_LENGTH))
+
+    def test_other_limits(self) -> None:
+        """A smaller batch splits messages so; a smaller max_length makes a longer topic ask for everything."""
+        announcer, clock, (link,) = self.make(linger=0, batch=2, max_length=3)
+        for topic in ("a", "b", "c"):
+            announcer.gained(topic)
+        clock.advance(0)
+        self.assertEqual(link.sent, [("interest_update", ["a", "b"], []), ("interest_update", ["c"], [])])
+        announcer.gained("abcd")
+        self.assertEqual(link.sent[-1], ("interest_all",))
 
 
 class Wire:
@@ -544,6 +567,19 @@ class NodeRoutingTests(SynchronousTestCase):
         """A routing node says so in its hello."""
         node, _, _ = self.make()
         self.assertIs(node._hello(None)["interest"], True)
+
+    def test_class_limits(self) -> None:
+        """Node.interest_batch and Node.interest_topic_length set what it sends and accepts."""
+
+        class Small(Node):
+            interest_batch = 2
+            interest_topic_length = 3
+
+        node = Small(Clock(), "me@127.0.0.1", cookie="c", pubsub=PubSub("me@127.0.0.1"))
+        self.addCleanup(node.announcer.stop)
+        self.assertEqual((node.announcer.batch, node.announcer.max_length), (2, 3))
+        link = Link(node, FakeRemote(), initiator="p@h", peer="p@h")  # type: ignore[arg-type]
+        self.assertEqual((link.interest.batch, link.interest.max_length), (2, 3))
 
     def test_wanted_by(self) -> None:
         """wanted_by: a copy of a peer's set, or None when it is sent everything."""

@@ -33,7 +33,7 @@ from twisted.spread import pb
 from zope.interface import implementer
 
 from .auth import hello_proof, login_secret
-from .routing import DEFAULT_MAX_TOPICS, PeerInterest
+from .routing import BATCH, DEFAULT_MAX_TOPICS, MAX_TOPIC_LENGTH, PeerInterest
 from .tls import channel_binding
 
 if TYPE_CHECKING:
@@ -143,7 +143,10 @@ class Link:
         self.leaving = False
         self.dropped = 0
         self._dropped_logged = 0
-        self.interest = PeerInterest(peer, getattr(node, "max_interest_topics", DEFAULT_MAX_TOPICS))
+        self.interest = PeerInterest(
+            peer, getattr(node, "max_interest_topics", DEFAULT_MAX_TOPICS),
+            getattr(node, "interest_batch", BATCH), getattr(node, "interest_topic_length", MAX_TOPIC_LENGTH),
+        )
         #: See :data:`BUFFER_LIMIT`.
         self.buffer_limit = BUFFER_LIMIT
         self._paused_bytes = 0

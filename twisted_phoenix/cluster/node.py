@@ -64,7 +64,7 @@ from .broker import (
 from .link import CHUNK, ClusterRealm, CookieChecker, Link, NodeMind, RejectedCall, proof
 from .names import is_local_host, parse_address, parse_node_name
 from .portmapper import DEFAULT_PORT, MapperClient, MapperError
-from .routing import DEFAULT_MAX_TOPICS, InterestAnnouncer
+from .routing import BATCH, DEFAULT_MAX_TOPICS, MAX_TOPIC_LENGTH, InterestAnnouncer
 from .tls import ClusterTLS, channel_binding
 
 __all__ = ["Node"]
@@ -149,6 +149,10 @@ class Node(service.Service):
     :cvar peer_hello_bytes: bytes a node we connect to may send before its
         hello proof checks out.
     :cvar peer_hello_items: Banana items it may send before.
+    :cvar interest_batch: topics in one interest message, sent or accepted
+        (every node of a cluster should use the same).
+    :cvar interest_topic_length: the longest topic declared, or accepted
+        from a peer (characters).
     """
 
     pre_auth_bytes = PRE_AUTH_BYTES
@@ -156,6 +160,8 @@ class Node(service.Service):
     pre_auth_depth = PRE_AUTH_DEPTH
     peer_hello_bytes = PEER_HELLO_BYTES
     peer_hello_items = PEER_HELLO_ITEMS
+    interest_batch = BATCH
+    interest_topic_length = MAX_TOPIC_LENGTH
 
     def __init__(
         self,
@@ -217,7 +223,8 @@ class Node(service.Service):
         self.max_interest_topics = max_interest_topics
         #: What this node tells its peers it wants.
         self.announcer = InterestAnnouncer(
-            reactor, self._interest_links, linger=interest_linger, max_topics=max_interest_topics
+            reactor, self._interest_links, linger=interest_linger, max_topics=max_interest_topics,
+            batch=self.interest_batch, max_length=self.interest_topic_length,
         )
         #: Copies of broadcasts not sent to a peer that wanted none of their topic.
         self.skipped = 0

@@ -51,12 +51,14 @@ __all__ = [
 log = Logger()
 
 #: Topics in one interest message: a part of a whole set, or the adds (and,
-#: apart, the removes) of an update.  Part of the protocol: a peer that
-#: sends more in one message is sent everything.
+#: apart, the removes) of an update (``Node.interest_batch``); a peer that
+#: sends more in one message is sent everything.  Every node of a cluster
+#: should use the same.
 BATCH = 1000
 
-#: The longest topic (in characters) a node declares; a node that wants a
-#: longer one asks for everything while it does.
+#: The longest topic (in characters) a node declares
+#: (``Node.interest_topic_length``); a node that wants a longer one asks for
+#: everything while it does; a peer that declares one is sent everything.
 MAX_TOPIC_LENGTH = 1024
 
 #: Topics a node declares at most (``Node(max_interest_topics=)``,
@@ -65,15 +67,15 @@ MAX_TOPIC_LENGTH = 1024
 DEFAULT_MAX_TOPICS = 100_000
 
 
-def _acceptable(topics: list[Any]) -> str | None:
+def _acceptable(topics: list[Any], batch: int, max_length: int) -> str | None:
     """Why ``topics`` is not an acceptable list of declared topics, or ``None``."""
-    if len(topics) > BATCH:
-        return f"{len(topics)} topics in one message (at most {BATCH})"
+    if len(topics) > batch:
+        return f"{len(topics)} topics in one message (at most {batch})"
     for topic in topics:
         if type(topic) is not str:
             return f"a topic that is not a string ({type(topic).__name__})"
-        if len(topic) > MAX_TOPIC_LENGTH:
-            return f"a topic of {len(topic)} characters (at most {MAX_TOPIC_LENGTH})"
+        if len(topic) > max_length:
+            return f"a topic of {len(topic)} characters (at most {max_length})"
     return None
 
 
@@ -83,6 +85,8 @@ class PeerInterest:
 
     :param peer: its name, for log lines.
     :param max_topics: the most topics it may declare; past it, it is sent everything.
+    :param batch: the most topics in one of its messages.
+    :param max_length: the longest topic (in characters) it may declare.
 
     :ivar topics: the topics it wants, or ``None``: it is sent every
         broadcast (it has said nothing yet, it asked for everything, or it
@@ -93,11 +97,16 @@ class PeerInterest:
         large is still arriving).
     """
 
-    __slots__ = ("peer", "max_topics", "topics", "state", "_building")
+    __slots__ = ("peer", "max_topics", "batch", "max_length", "topics", "state", "_building")
 
-    def __init__(self, peer: str | None, max_topics: int = DEFAULT_MAX_TOPICS) -> None:
+    def __init__(
+        self, peer: str | None, max_topics: int = DEFAULT_MAX_TOPICS, batch: int = BATCH,
+        max_length: int = MAX_TOPIC_LENGTH,
+    ) -> None:
         self.peer = peer
         self.max_topics = max_topics
+        self.batch = batch
+        self.max_length = max_length
         self.topics: set[str] | None = None
         self.state = "unknown"
         self._building: set[str] | None = None
@@ -118,7 +127,7 @@ class PeerInterest:
             if last:
                 self.state = "overflow"
             return
-        problem = _acceptable(topics)
+        problem = _acceptable(topics, self.batch, self.max_length)
         if self._building is None:
             self._building = set()
             self.topics = None
@@ -141,7 +150,9 @@ class PeerInterest:
         topics = self.topics
         if topics is None or self.state != "set":
             return  # it is sent everything until its whole set is in
-        problem = _acceptable(adds) or _acceptable(removes)
+        problem = _acceptable(adds, self.batch, self.max_length) or _acceptable(
+            removes, self.batch, self.max_length
+        )
         if problem is None:
             topics.difference_update(removes)
             topics.update(adds)
@@ -173,6 +184,8 @@ class InterestAnnouncer:
         objects with ``send_interest(method, *args)``.
     :param linger: seconds a topic stays wanted after its last local subscriber left.
     :param max_topics: past this many wanted topics, ask for everything.
+    :param batch: the most topics in one message.
+    :param max_length: while a wanted topic is longer (in characters), ask for everything.
 
     :ivar everything: whether this node asks its peers for everything now.
     :ivar pending: changes not sent yet: topic → wanted.
@@ -185,12 +198,16 @@ class InterestAnnouncer:
         *,
         linger: float = DEFAULT_LINGER,
         max_topics: int = DEFAULT_MAX_TOPICS,
+        batch: int = BATCH,
+        max_length: int = MAX_TOPIC_LENGTH,
     ) -> None:
-        if max_topics < 1:
-            raise ValueError("max_topics must be at least 1")
+        if max_topics < 1 or batch < 1 or max_length < 1:
+            raise ValueError("max_topics, batch and max_length must be at least 1")
         self.clock = clock
         self.links = links
         self.max_topics = max_topics
+        self.batch = batch
+        self.max_length = max_length
         self.interest = Interest(clock, self._gained, self._lost, linger)
         self.everything = False
         self.pending: dict[str, bool] = {}
@@ -213,7 +230,7 @@ class InterestAnnouncer:
         self.interest.lost(topic)
 
     def _gained(self, topic: str) -> None:
-        if len(topic) > MAX_TOPIC_LENGTH:
+        if len(topic) > self.max_length:
             self._long += 1
         if self.everything:
             return
@@ -224,7 +241,7 @@ class InterestAnnouncer:
         self._schedule()
 
     def _lost(self, topic: str) -> None:
-        if len(topic) > MAX_TOPIC_LENGTH:
+        if len(topic) > self.max_length:
             self._long -= 1
         if self.everything:
             if not self._long and len(self.interest.topics) <= self.max_topics * 3 // 4:
@@ -244,7 +261,7 @@ class InterestAnnouncer:
         log.info(
             "This node wants {n} topics (more than {max}, or one longer than {length} characters): "
             "its peers send it every broadcast", n=len(self.interest.topics), max=self.max_topics,
-            length=MAX_TOPIC_LENGTH,
+            length=self.max_length,
         )
         for link in list(self.links()):
             link.send_interest("interest_all")
@@ -260,8 +277,9 @@ class InterestAnnouncer:
         if not topics:
             link.send_interest("interest_set", [], True)
             return
-        for start in range(0, len(topics), BATCH):
-            link.send_interest("interest_set", topics[start : start + BATCH], start + BATCH >= len(topics))
+        batch = self.batch
+        for start in range(0, len(topics), batch):
+            link.send_interest("interest_set", topics[start : start + batch], start + batch >= len(topics))
 
     def flush(self) -> None:
         """Send the pending changes to every link now."""
@@ -272,8 +290,9 @@ class InterestAnnouncer:
         adds = [topic for topic, wanted in pending.items() if wanted]
         removes = [topic for topic, wanted in pending.items() if not wanted]
         links = list(self.links())
-        for start in range(0, max(len(adds), len(removes)), BATCH):
-            a, r = adds[start : start + BATCH], removes[start : start + BATCH]
+        batch = self.batch
+        for start in range(0, max(len(adds), len(removes)), batch):
+            a, r = adds[start : start + batch], removes[start : start + batch]
             for link in links:
                 link.send_interest("interest_update", a, r)
 
