@@ -1,7 +1,7 @@
 """
 ``python -m benchmarks <workload> [options]``: run a benchmark and print its tables.
 
-Workloads: fanout (the default), cluster, presence, sweep, roundtrip, memory,
+Workloads: fanout (the default), cluster, interest, presence, sweep, roundtrip, memory,
 joinstorm, all, storm, slow, flood, soak.  ``python -m benchmarks <workload>
 --help`` lists each one's options; ``benchmarks/README.rst`` says what each
 measures and its targets.
@@ -12,10 +12,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from benchmarks import _cli, cluster, fanout, flood, presence, slow, soak, storm, yardstick
+from benchmarks import _cli, cluster, fanout, flood, interest, presence, slow, soak, storm, yardstick
 
 #: Every workload module: its ``register(sub)`` adds its subcommand(s).
-MODULES = (fanout, cluster, presence, yardstick, storm, slow, flood, soak)
+MODULES = (fanout, cluster, interest, presence, yardstick, storm, slow, flood, soak)
 
 
 def parser() -> argparse.ArgumentParser:

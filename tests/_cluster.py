@@ -35,6 +35,7 @@ __all__ = [
     "free_port",
     "start_node",
     "run_console",
+    "wait_interest",
     "wait_until",
     "watch_logs",
 ]
@@ -85,6 +86,40 @@ def wait_until(
     d: defer.Deferred[Any] = defer.Deferred(cancel)
     check()
     return d
+
+
+def told(sender: Any, receiver: Any, topic: str) -> bool:
+    """
+    Whether ``sender`` (a :class:`~twisted_phoenix.cluster.Node`) sends
+    ``receiver`` the broadcasts on ``topic`` from now on, whatever happens
+    to its interest messages still in flight: ``receiver`` does not route
+    by interest, or ``sender`` knows it wants the topic (or everything).
+    """
+    link = sender.links.get(receiver.name)
+    if link is None:
+        return False
+    if not (sender.interest_routing and receiver.interest_routing) or receiver.pubsub.adapter is not receiver:
+        return True
+    state = link.interest.state
+    return state in ("all", "overflow") or (state == "set" and topic in link.interest.topics)
+
+
+def wait_interest(reactor: Any, nodes: Any, topic: str, timeout: float = 10.0) -> defer.Deferred[Any]:
+    """
+    Fire once every node of ``nodes`` that has subscribers for ``topic`` has
+    told every other one (interest routing: a broadcast sent before then may
+    not reach a subscriber that just arrived, as docs/cluster.rst says).
+    """
+    nodes = list(nodes)
+
+    def known() -> bool:
+        return all(
+            told(sender, receiver, topic)
+            for receiver in nodes if receiver.pubsub.subscribers(topic)
+            for sender in nodes if sender is not receiver
+        )
+
+    return wait_until(reactor, known, timeout, interval=0.01, what=f"every node told of {topic!r}")
 
 
 class LogWatcher(LogCapture):

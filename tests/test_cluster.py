@@ -28,7 +28,7 @@ from twisted_phoenix.cluster.tls import channel_binding
 from twisted_phoenix.cluster.node import Node
 from twisted_phoenix.pubsub import CallbackSubscriber, PubSub
 
-from ._cluster import COOKIE, Collector, ClusterPKI, free_port, start_node, wait_until, watch_logs
+from ._cluster import COOKIE, Collector, ClusterPKI, free_port, start_node, wait_interest, wait_until, watch_logs
 
 #: Bound on any one wait in these tests.
 TIMEOUT = 10.0
@@ -279,6 +279,9 @@ class BroadcastTests(ClusterTestCase):
         self.nodes = yield self.mesh("a", "b", "c")
         self.a, self.b, self.c = self.nodes
         self.collectors = {n.name: Collector(reactor, n.pubsub, "room") for n in self.nodes}
+        # Interest routing: a broadcast sent before a node's peers know of
+        # its new subscriber may not reach it (docs/cluster.rst).
+        yield wait_interest(reactor, self.nodes, "room", TIMEOUT)
 
     @defer.inlineCallbacks
     def settle(self, *senders: Node) -> Any:
@@ -287,6 +290,7 @@ class BroadcastTests(ClusterTestCase):
         node has every marker, everything sent before has arrived.
         """
         markers = {n.name: Collector(reactor, n.pubsub, "marker") for n in self.nodes}
+        yield wait_interest(reactor, self.nodes, "marker", TIMEOUT)
         for sender in senders:
             sender.pubsub.broadcast("marker", "done", {"from": sender.name})
         for collector in markers.values():
@@ -614,6 +618,7 @@ class FailureTests(ClusterTestCase):
         self.assertIsNot(a.links[b.name], old_a)
         self.assertIsNot(b.links[a.name], old_b)
         got = Collector(reactor, b.pubsub, "room")
+        yield wait_interest(reactor, [a, b], "room", TIMEOUT)
         a.pubsub.broadcast("room", "msg", {"after": "partition"})
         self.assertEqual((yield got.wait_for(1, TIMEOUT))[0].payload, {"after": "partition"})
 
@@ -644,6 +649,7 @@ class FailureTests(ClusterTestCase):
         link.buffer_limit = 1024 * 1024
         transport = self.connection_of(link)
         got = Collector(reactor, b.pubsub, "room")
+        yield wait_interest(reactor, [a, b], "room", TIMEOUT)
         self.connection_of(b.links[a.name]).pauseProducing()  # b stops reading
         size = 200_000
         sent = 0
@@ -685,6 +691,7 @@ class FailureTests(ClusterTestCase):
         self.assertEqual(a.links[b2.name].info["incarnation"], b2.incarnation)
         got = Collector(reactor, b2.pubsub, "room")
         back = Collector(reactor, a.pubsub, "room")
+        yield wait_interest(reactor, [a, b2, c], "room", TIMEOUT)
         a.pubsub.broadcast("room", "msg", {"to": "b2"})
         b2.pubsub.broadcast("room", "msg", {"from": "b2"})
         # b2 dispatches its own broadcast at once, a's when it arrives.

@@ -154,8 +154,9 @@ class LinkReceivedTests(SynchronousTestCase):
         self.assertEqual(after, before + 1, f"not logged: {method}")
 
     def test_methods(self) -> None:
-        """The vocabulary of a link is hello, ping, broadcast, peer_up and bye."""
-        self.assertEqual(set(METHODS), {"hello", "ping", "broadcast", "peer_up", "bye"})
+        """The vocabulary of a link is hello, ping, broadcast, peer_up, bye and the three interest messages."""
+        self.assertEqual(set(METHODS), {"hello", "ping", "broadcast", "peer_up", "bye", "interest_set",
+                                        "interest_update", "interest_all"})
 
     def test_routes_calls(self) -> None:
         """Each accepted call reaches the node (ping answers True)."""

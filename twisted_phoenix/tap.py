@@ -215,7 +215,9 @@ _OPTION_ORDER = [
     "port", "endpoint", "listen", "static", "host", "env", "secret-key-base", "name", "connect", "pubsub",
     "cookie", "dist-interface", "dist-port", "dist-cert", "dist-key", "dist-ca", "dist-plaintext",
     "dist-login-timeout", "dist-max-pending", "epmd-port",
-    "heartbeat-interval", "heartbeat-timeout", "no-http", "backlog", "workers", "drain-timeout", "metrics",
+    "heartbeat-interval", "heartbeat-timeout", "discover", "discover-interval", "discover-nameserver",
+    "no-interest-routing", "interest-linger", "interest-max-topics", "no-http", "backlog", "workers",
+    "drain-timeout", "metrics",
     *[option for option, _, _, _ in ENDPOINT_LIMITS],
     *[option for option, _, _, _ in PRESENCE_OPTIONS],
     "gc-threshold", "log-max-bytes", "log-max-files", "version", "help",
@@ -265,6 +267,15 @@ class Options(usage.Options):
         ["epmd-port", None, None, "Port of the node-name mapper on 127.0.0.1 (default: $PHOENIX_EPMD_PORT, else 4370)."],
         ["heartbeat-interval", None, "1.0", "Seconds between heartbeats on each cluster link."],
         ["heartbeat-timeout", None, "3.0", "Seconds of silence after which a peer node is dropped."],
+        ["discover", None, None, "Link to every node a DNS name resolves to, dns:NAME (a Kubernetes headless "
+         "service): each address is a node <basename>@<address> on this node's --dist-port."],
+        ["discover-interval", None, "5", "Seconds between resolutions of the --discover name."],
+        ["discover-nameserver", None, None, "Resolve the --discover name with this DNS server, ADDRESS[:PORT] "
+         "(default: the system's resolver)."],
+        ["interest-linger", None, "5", "Seconds a topic stays wanted from the other nodes after its last "
+         "subscriber on this node left."],
+        ["interest-max-topics", None, "100000", "Past this many topics with subscribers here, ask the other "
+         "nodes for every broadcast; a node that declares more is sent every broadcast."],
         ["backlog", None, None, "Connections the kernel queues until accepted (default: the larger of 1024 and net.core.somaxconn)."],
         ["workers", None, None,
          "Serve with N worker processes sharing the listening sockets, linked as a cluster "
@@ -289,6 +300,8 @@ class Options(usage.Options):
     optFlags = [
         ["no-http", None, "Serve no sockets: a cluster node for workers and broadcasts only."],
         ["dist-plaintext", None, "Cluster links without TLS (every node of the cluster must agree)."],
+        ["no-interest-routing", None, "Send every broadcast to every node, and ask for every broadcast, "
+         "rather than only the topics each node has subscribers for."],
     ]
 
     def getUsage(self, width: int | None = None) -> str:
@@ -418,6 +431,8 @@ class Options(usage.Options):
             self._cluster_options()
         elif self["connect"]:
             raise usage.UsageError("--connect needs --name (a node name)")
+        elif self["discover"]:
+            raise usage.UsageError("--discover needs --name (a node name, app@ITS-ADDRESS)")
         elif self["redis"] is None and self["no-http"]:
             raise usage.UsageError("--no-http needs --name (a node name) or --pubsub")
         elif self["redis"] is not None:
@@ -472,6 +487,42 @@ class Options(usage.Options):
         if any(tls_files) and self["dist-plaintext"]:
             raise usage.UsageError("--dist-plaintext and --dist-cert/--dist-key/--dist-ca: choose one")
         self["tls"] = ClusterTLS.from_files(*tls_files) if all(tls_files) else None
+        self._routing_options()
+        self._discovery_options()
+
+    def _routing_options(self) -> None:
+        try:
+            self["interest-linger"] = float(self["interest-linger"])
+            self["interest-max-topics"] = int(self["interest-max-topics"])
+        except ValueError as e:
+            raise usage.UsageError(f"--interest-linger and --interest-max-topics take numbers: {e}") from None
+        if self["interest-linger"] < 0 or self["interest-max-topics"] < 1:
+            raise usage.UsageError("--interest-linger must be 0 or more, --interest-max-topics 1 or more")
+
+    def _discovery_options(self) -> None:
+        from .cluster.discovery import parse_discovery, parse_nameserver
+
+        if self["discover"] is None:
+            if self["discover-nameserver"] is not None:
+                raise usage.UsageError("--discover-nameserver goes with --discover")
+            return
+        try:
+            self["discover"] = parse_discovery(self["discover"])
+            self["discover-interval"] = _positive(float)(self["discover-interval"])
+            if self["discover-nameserver"] is not None:
+                self["discover-nameserver"] = parse_nameserver(self["discover-nameserver"])
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+        host = parse_node_name(self["name"]).host
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise usage.UsageError(
+                f"--discover names every node <basename>@<address>: this node's --name must be too "
+                f"(name@ITS-IP-ADDRESS), not {self['name']!r}"
+            ) from None
+        if not self["dist-port"]:
+            raise usage.UsageError("--discover needs a fixed --dist-port, the same on every node")
 
 
 def _with_presence_options(endpoint_class: type[Endpoint], overrides: dict[str, Any]) -> type[Endpoint]:
@@ -729,9 +780,19 @@ def serving_service(
             heartbeat_interval=options["heartbeat-interval"],
             heartbeat_timeout=options["heartbeat-timeout"],
             connect=options["connect"],
+            interest_routing=not options["no-interest-routing"],
+            interest_linger=options["interest-linger"],
+            max_interest_topics=options["interest-max-topics"],
         )
         NodeService(reactor, node).setServiceParent(top)
         endpoint.metrics.add_source(node)
+        if options["discover"] is not None:
+            from .cluster.discovery import DNSDiscovery, DNSServerResolver
+
+            nameserver = options["discover-nameserver"]
+            resolver = reactor.nameResolver if nameserver is None else DNSServerResolver(reactor, [nameserver])
+            DNSDiscovery(node, options["discover"], resolver=resolver,
+                         interval=options["discover-interval"]).setServiceParent(top)
     if options["redis"] is not None:
         # Broadcasts, direct broadcasts and presence go through Redis only;
         # cluster links, if any, still serve Node.list and the console.

@@ -33,6 +33,7 @@ from twisted.spread import pb
 from zope.interface import implementer
 
 from .auth import hello_proof, login_secret
+from .routing import BATCH, DEFAULT_MAX_TOPICS, MAX_TOPIC_LENGTH, PeerInterest
 from .tls import channel_binding
 
 if TYPE_CHECKING:
@@ -84,6 +85,12 @@ METHODS: dict[str, tuple[Any, ...]] = {
     "broadcast": (str, str, list, bool),
     "peer_up": (str, (str, type(None))),
     "bye": (),
+    # Interest-based routing (:mod:`~twisted_phoenix.cluster.routing`):
+    # a part of the peer's whole set of topics (topics, last part?), a
+    # change to it (added, removed), or "send me everything".
+    "interest_set": (list, bool),
+    "interest_update": (list, list),
+    "interest_all": (),
 }
 
 
@@ -117,6 +124,7 @@ class Link:
     :ivar peer: the peer's node name (``None`` until its hello).
     :ivar initiator: the name of the node that opened the link.
     :ivar dropped: broadcasts dropped because the link was congested.
+    :ivar interest: which topics the peer wants (:class:`~twisted_phoenix.cluster.routing.PeerInterest`).
     """
 
     def __init__(self, node: Node, remote: pb.RemoteReference, initiator: str, peer: str | None) -> None:
@@ -135,6 +143,10 @@ class Link:
         self.leaving = False
         self.dropped = 0
         self._dropped_logged = 0
+        self.interest = PeerInterest(
+            peer, getattr(node, "max_interest_topics", DEFAULT_MAX_TOPICS),
+            getattr(node, "interest_batch", BATCH), getattr(node, "interest_topic_length", MAX_TOPIC_LENGTH),
+        )
         #: See :data:`BUFFER_LIMIT`.
         self.buffer_limit = BUFFER_LIMIT
         self._paused_bytes = 0
@@ -246,6 +258,19 @@ class Link:
         self.dropped += 1
         self.node.broadcasts_dropped += 1
 
+    def send_interest(self, method: str, *args: Any) -> None:
+        """
+        Tell the peer which topics this node wants (an ``interest_*``
+        call, without an answer).  Never dropped for congestion: the peer's
+        view of this node must not miss a change.
+        """
+        if self.closed:
+            return
+        try:
+            self.remote.callRemote(method, *args, pbanswer=False)
+        except pb.DeadReferenceError:
+            pass
+
     def received(self, method: str, args: tuple[Any, ...]) -> Any:
         """Validate and handle one call from the peer."""
         spec = METHODS.get(method)
@@ -280,6 +305,15 @@ class Link:
             return None
         if method == "bye":
             self.node._peer_leaving(self)
+            return None
+        if method == "interest_set":
+            self.interest.set_part(*args)
+            return None
+        if method == "interest_update":
+            self.interest.update(*args)
+            return None
+        if method == "interest_all":
+            self.interest.everything()
             return None
         raise AssertionError(method)
 

@@ -14,6 +14,10 @@ other, and every node links to every other directly.
 
 Broadcasts cross each link once (the payload encoded once for all links) and
 are dispatched on the receiving node by its own :class:`~twisted_phoenix.pubsub.PubSub`.
+With interest routing (the default; :mod:`~twisted_phoenix.cluster.routing`)
+the nodes tell each other which topics they have subscribers for, and a
+broadcast crosses only to the nodes that want its topic, or that have not
+said yet.
 A broadcast to a node that is down or congested is dropped and counted,
 never queued without bound: as in Phoenix, delivery is at most once.
 
@@ -41,6 +45,7 @@ from twisted.internet.endpoints import (
 from twisted.logger import Logger, LogLevel
 from twisted.spread import pb
 
+from ..adapters.interest import DEFAULT_LINGER
 from ..message import Broadcast
 from ..pubsub import PubSub
 from ..serializers import json_dumps
@@ -59,6 +64,7 @@ from .broker import (
 from .link import CHUNK, ClusterRealm, CookieChecker, Link, NodeMind, RejectedCall, proof
 from .names import is_local_host, parse_address, parse_node_name
 from .portmapper import DEFAULT_PORT, MapperClient, MapperError
+from .routing import BATCH, DEFAULT_MAX_TOPICS, MAX_TOPIC_LENGTH, InterestAnnouncer
 from .tls import ClusterTLS, channel_binding
 
 __all__ = ["Node"]
@@ -74,6 +80,10 @@ STOP_TIMEOUT = 5.0
 
 #: Seconds a link we open has to log in, and then to get the hello answer.
 CONNECT_TIMEOUT = 5.0
+
+#: Link interfaces reachable at 127.0.0.1, where the port mapper's answers
+#: point: a local node listening on one of these registers with it.
+_MAPPED_INTERFACES = frozenset({"127.0.0.1", "0.0.0.0", "", "localhost"})
 
 
 class _Connections:
@@ -121,6 +131,15 @@ class Node(service.Service):
     :param heartbeat_interval: seconds between heartbeats on each link.
     :param heartbeat_timeout: seconds of silence after which a peer is dropped.
     :param connect: node names (or ``name=host:port``) to connect to at start.
+    :param interest_routing: tell the peers which topics this node has
+        subscribers for, and send each broadcast only to the peers that
+        want its topic (or have not said); ``False``: every broadcast to
+        every peer, and every peer's to this node.
+    :param interest_linger: seconds a topic stays wanted from the peers
+        after its last local subscriber left.
+    :param max_interest_topics: past this many wanted topics, this node
+        asks its peers for everything; a peer that declares more is sent
+        everything.
 
     :cvar pre_auth_bytes: bytes a peer connecting to the link port may send
         before it has logged in.
@@ -130,6 +149,10 @@ class Node(service.Service):
     :cvar peer_hello_bytes: bytes a node we connect to may send before its
         hello proof checks out.
     :cvar peer_hello_items: Banana items it may send before.
+    :cvar interest_batch: topics in one interest message, sent or accepted
+        (every node of a cluster should use the same).
+    :cvar interest_topic_length: the longest topic declared, or accepted
+        from a peer (characters).
     """
 
     pre_auth_bytes = PRE_AUTH_BYTES
@@ -137,6 +160,8 @@ class Node(service.Service):
     pre_auth_depth = PRE_AUTH_DEPTH
     peer_hello_bytes = PEER_HELLO_BYTES
     peer_hello_items = PEER_HELLO_ITEMS
+    interest_batch = BATCH
+    interest_topic_length = MAX_TOPIC_LENGTH
 
     def __init__(
         self,
@@ -155,6 +180,9 @@ class Node(service.Service):
         connect: Iterable[str] = (),
         login_timeout: float = LOGIN_TIMEOUT,
         max_pending: int = MAX_PENDING,
+        interest_routing: bool = True,
+        interest_linger: float = DEFAULT_LINGER,
+        max_interest_topics: int = DEFAULT_MAX_TOPICS,
     ) -> None:
         if plaintext and tls is not None:
             raise ValueError("plaintext links and TLS certificates: choose one")
@@ -195,8 +223,19 @@ class Node(service.Service):
         self.started: defer.Deferred[None] = defer.Deferred()
         #: Called with a peer's name each time a link to it comes up.
         self.node_up_callbacks: list[Any] = []
+        self.interest_routing = interest_routing
+        self.max_interest_topics = max_interest_topics
+        #: What this node tells its peers it wants.
+        self.announcer = InterestAnnouncer(
+            reactor, self._interest_links, linger=interest_linger, max_topics=max_interest_topics,
+            batch=self.interest_batch, max_length=self.interest_topic_length,
+        )
+        #: Copies of broadcasts not sent to a peer that wanted none of their topic.
+        self.skipped = 0
         pubsub.adapter = self
         pubsub.node_name = name
+        if interest_routing:
+            self.announcer.interest.update(pubsub.topics())
 
     # -- service ---------------------------------------------------------------
 
@@ -234,7 +273,14 @@ class Node(service.Service):
         port = self._listening.getHost().port
         self.address = f"{self.node_name.host}:{port}"
         if is_local_host(self.node_name.host):
-            yield self.mapper.register(self.node_name.name, port)
+            if self.interface in _MAPPED_INTERFACES:
+                yield self.mapper.register(self.node_name.name, port)
+            else:
+                # The mapper's answers are ports on 127.0.0.1: a node that
+                # listens elsewhere (a loopback alias, one address of the
+                # host) is reached by its address, as across hosts.
+                log.info("Node {name} is not registered with the port mapper (it does not listen on "
+                         "127.0.0.1): other nodes reach it by address", name=self.name)
         log.info(
             "Node {name} listening for cluster links on {interface}:{port} ({tls})",
             name=self.name, interface=self.interface, port=port, tls=self._security(),
@@ -268,6 +314,7 @@ class Node(service.Service):
         the links, stop listening and leave the port mapper.
         """
         self._stopping = True
+        self.announcer.stop()
         for timer in list(self._timers):
             if timer.active():
                 timer.cancel()
@@ -453,6 +500,8 @@ class Node(service.Service):
             "incarnation": self.incarnation,
             "address": self.address,
             "nodes": {name: link.address for name, link in self.links.items() if link.address},
+            # Whether this node declares its topics (and routes by its peers').
+            "interest": self._routes(),
             "nonce": nonce,
             "proof": None if peer_nonce is None else proof(self.cookie, peer_nonce, self.name, binding),
         }
@@ -532,6 +581,10 @@ class Node(service.Service):
         if link.closed or self._stopping or self.links.get(peer) is not link:  # type: ignore[arg-type]
             return
         info = link.info
+        if self._routes() and info.get("interest") is True:
+            # First: what the node-up callbacks send (presence asks for
+            # the peer's state) must find the peer knowing our topics.
+            self.announcer.announce(link)
         for callback in list(self.node_up_callbacks):
             try:
                 callback(peer)
@@ -558,8 +611,16 @@ class Node(service.Service):
 
     def _learn_address(self, name: str, address: Any) -> None:
         # Nodes on this host are found through the port mapper, which stays
-        # right when they restart on another port.
-        if isinstance(address, str) and not is_local_host(parse_node_name(name).host):
+        # right when they restart on another port; but one on a loopback
+        # alias (127.0.0.2, ...) may listen there only, unregistered: its
+        # address is kept, for when the mapper does not know it.
+        if not isinstance(address, str):
+            return
+        try:
+            host, _ = parse_address(address)
+        except ValueError:
+            return
+        if not is_local_host(parse_node_name(name).host) or (host.startswith("127.") and host != "127.0.0.1"):
             self._addresses.setdefault(name, address)
 
     def _peer_leaving(self, link: Link) -> None:
@@ -622,12 +683,28 @@ class Node(service.Service):
     # -- PubSub adapter ----------------------------------------------------------------
 
     def broadcast(self, message: Broadcast) -> None:
-        """Send ``message`` to every other node (the payload encoded once)."""
-        if not self.links:
+        """
+        Send ``message`` to every other node that wants its topic, or has
+        not said which topics it wants (the payload encoded once, and only
+        if one does).
+        """
+        links = self.links
+        if not links:
             return
+        if self.announcer.pending:
+            self.announcer.flush()  # our news first: a peer's answer to this must find us
+        topic = message.topic
+        if self.interest_routing:
+            targets = [link for link in links.values() if (w := link.interest.topics) is None or topic in w]
+            if len(targets) < len(links):
+                self.skipped += len(links) - len(targets)
+                if not targets:
+                    return
+        else:
+            targets = list(links.values())
         chunks, binary = _encode(message.payload)
-        for link in list(self.links.values()):
-            link.send_broadcast(message.topic, message.event, chunks, binary)
+        for link in targets:
+            link.send_broadcast(topic, message.event, chunks, binary)
 
     def direct_broadcast(self, node: str, message: Broadcast) -> bool:
         """Send ``message`` to the subscribers on ``node`` only."""
@@ -636,8 +713,41 @@ class Node(service.Service):
             log.warn("Direct broadcast to {node} dropped: not connected", node=node)
             self.broadcasts_dropped += 1
             return False
+        if self.announcer.pending:
+            self.announcer.flush()
         chunks, binary = _encode(message.payload)
         return link.send_broadcast(message.topic, message.event, chunks, binary)
+
+    def topic_subscribed(self, topic: str) -> None:
+        """PubSub: ``topic`` has its first local subscriber (the peers are told at once)."""
+        if self.interest_routing:
+            self.announcer.gained(topic)
+
+    def topic_unsubscribed(self, topic: str) -> None:
+        """PubSub: ``topic`` has lost its last local subscriber (the peers are told after the linger)."""
+        if self.interest_routing:
+            self.announcer.lost(topic)
+
+    def wanted_by(self, node: str) -> set[str] | None:
+        """
+        The topics ``node`` said it wants (a copy), or ``None`` when it is
+        sent every broadcast (it has not said, asked for everything, or
+        this node does not route by interest).
+        """
+        link = self.links.get(node)
+        if link is None or not self.interest_routing or link.interest.topics is None:
+            return None
+        return set(link.interest.topics)
+
+    def _routes(self) -> bool:
+        """Whether this node routes by interest now: asked to, and it carries its PubSub's broadcasts."""
+        return self.interest_routing and self.pubsub.adapter is self
+
+    def _interest_links(self) -> list[Link]:
+        """The links to tell of changes to this node's topics."""
+        if not self._routes():
+            return []
+        return [link for link in self.links.values() if link.info.get("interest") is True and not link.closed]
 
     def _broadcast_received(self, link: Link, topic: str, event: str, chunks: list[Any], binary: bool) -> None:
         if not all(isinstance(c, bytes) for c in chunks):
