@@ -663,10 +663,12 @@ class ClusterMetricsTests(SynchronousTestCase):
 
         class FakeNode:
             broadcasts_dropped = 5
+            skipped = 7
 
         endpoint.pubsub.adapter = _FakeAdapter([])
         endpoint.metrics.add_source(FakeNode())
         self.assertEqual(value(endpoint, "phoenix_cluster_broadcasts_dropped_total"), 5)
+        self.assertEqual(value(endpoint, "phoenix_cluster_broadcasts_skipped_total"), 7)
 
     def test_redis(self) -> None:
         """With the Redis adapter, each of its counters is a phoenix_redis_*_total, plus phoenix_redis_connected."""

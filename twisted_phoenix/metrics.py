@@ -264,6 +264,12 @@ class Metrics:
             "Broadcasts to other nodes dropped over cluster links (congested, or the node not connected).", (),
             [((), dropped)],
         )
+        skipped = sum(getattr(s, "skipped", 0) for s in sources)
+        yield Family(
+            "phoenix_cluster_broadcasts_skipped_total", "counter",
+            "Broadcast sends to other nodes saved by interest routing (the node had no subscriber).", (),
+            [((), skipped)],
+        )
         for source in sources:
             counters = getattr(source, "counters", None)
             if counters is None:
