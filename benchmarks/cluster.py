@@ -52,15 +52,16 @@ from typing import Any, Callable
 
 from benchmarks import _cli, _pyspy, _report
 from benchmarks._loadgen import Generator
-from benchmarks._proc import BenchmarkError, free_port
+from benchmarks._proc import BenchmarkError, Child, free_port
 from benchmarks._servers import SPECS, Server, start
 
 NAME = "cluster"
 HELP = "deliveries/s and added latency of a broadcast through a 3-node cluster vs one node"
-WORKLOADS = ("single", "cluster")
+WORKLOADS = ("single", "cluster", "redis")
 LABELS = {
     "single": "single: one node, subscribers and trigger on it",
     "cluster": "cluster: subscribers on A and B, trigger on T",
+    "redis": "redis: the same three nodes, linked only through a redis-server (--pubsub)",
 }
 
 WARMUP_CLIENTS = 50
@@ -137,10 +138,23 @@ class Topology:
         self.workload = workload
         self.tag = tag
         self.nodes: dict[str, Server] = {}
+        self.redis: Child | None = None
 
     def start(self) -> None:
         if self.workload == "single":
             self.nodes["S"] = start(SPECS["phoenix"], self.logdir, f"{self.tag}-S")
+            return
+        if self.workload == "redis":
+            port = free_port()
+            self.redis = Child(
+                f"{self.tag}-redis",
+                ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                self.logdir,
+            )
+            self.redis.expect(lambda line: "Ready to accept connections" in line, 30)
+            for key in ("A", "B", "T"):
+                options = ["--name", f"{key.lower()}@127.0.0.1", "--pubsub", f"redis://127.0.0.1:{port}"]
+                self.nodes[key] = start(SPECS["phoenix"], self.logdir, f"{self.tag}-{key}", options)
             return
         # The nodes' own port mapper port and cookie: nothing else on the machine is touched.
         epmd, cookie = free_port(), secrets.token_hex(16)
@@ -154,6 +168,8 @@ class Topology:
     def settings(self) -> str:
         if self.workload == "single":
             return "defaults"
+        if self.workload == "redis":
+            return "--name a/b/t@127.0.0.1 --pubsub redis://127.0.0.1:P (no cluster links)"
         return "--name a/b/t@127.0.0.1 --cookie C --epmd-port P; b, t: --connect a@127.0.0.1"
 
     @property
@@ -173,6 +189,9 @@ class Topology:
             node.terminate()  # every node at once: each says goodbye to its peers
         for node in self.nodes.values():
             node.stop()
+        if self.redis is not None:
+            self.redis.kill()
+            self.redis = None
 
 
 def _generator(logdir: str, args: argparse.Namespace, name: str, topo: Topology, clients: int,
