@@ -27,7 +27,7 @@ from ._textlog import TextLogObserver
 from .cluster import NO_NODE, ClusterTLS, Node, parse_node_name
 from .cluster.portmapper import mapper_port
 from .config import ConfigError, resolve_cookie, resolve_env, resolve_secret
-from .endpoint import Endpoint
+from .endpoint import Endpoint, health_path_error
 from .pubsub import PubSub
 from .static import defining_module_directory, resolve_mounts
 
@@ -215,7 +215,7 @@ _OPTION_ORDER = [
     "port", "endpoint", "listen", "static", "host", "env", "secret-key-base", "name", "connect", "pubsub",
     "cookie", "dist-interface", "dist-port", "dist-cert", "dist-key", "dist-ca", "dist-plaintext",
     "dist-login-timeout", "dist-max-pending", "epmd-port",
-    "heartbeat-interval", "heartbeat-timeout", "no-http", "backlog", "metrics",
+    "heartbeat-interval", "heartbeat-timeout", "no-http", "backlog", "metrics", "health",
     *[option for option, _, _, _ in ENDPOINT_LIMITS],
     *[option for option, _, _, _ in PRESENCE_OPTIONS],
     "gc-threshold", "log-max-bytes", "log-max-files", "version", "help",
@@ -269,6 +269,9 @@ class Options(usage.Options):
         ["metrics", None, None,
          "Serve Prometheus metrics at /metrics on this Twisted endpoint, apart from the clients' port, "
          "e.g. tcp:9100:interface=127.0.0.1 (needs prometheus-client: pip install 'twisted_phoenix[metrics]')."],
+        ["health", None, None,
+         "Answer GET PATH with 200 ok on the clients' port, for the health checks of load balancers "
+         "and orchestrators, e.g. /health (default: no such path)."],
         *[
             [option, None, None, text if getattr(Endpoint, attribute) is None else f"{text} [default: {getattr(Endpoint, attribute)}]"]
             for option, attribute, _, text in ENDPOINT_LIMITS
@@ -389,6 +392,13 @@ class Options(usage.Options):
             self["static"] = _static_directory(self["static"])
         if self["host"] is not None:
             self["host"] = parse_host(self["host"])
+        health = self["health"] if self["health"] is not None else cls.health_path
+        if health is not None:
+            problem = health_path_error(health, cls.sockets)
+            if problem is not None:
+                raise usage.UsageError(f"--health: {problem}" if self["health"] is not None else f"{self['endpoint']}: {problem}")
+            if self["no-http"] and self["health"] is not None:
+                raise usage.UsageError("--health answers on the clients' port, which --no-http turns off")
         if self["presence"]:
             self["endpoint_class"] = _with_presence_options(self["endpoint_class"], self["presence"])
         try:
@@ -645,6 +655,8 @@ def makeService(options: Options) -> service.IService:
         endpoint.host = options["host"]
     if options["static"] is not None:
         endpoint.static = {**endpoint.static, "/": options["static"]}
+    if options["health"] is not None:
+        endpoint.health_path = options["health"]
     top = _Top()
     # twistd's own observer writes the same lines, much slower.
     log_path = _twistd_log_path(options)
