@@ -8,6 +8,7 @@ The ``twistd phoenix`` plugin: options and service.
 
 from __future__ import annotations
 
+import atexit
 import importlib
 import importlib.util
 import ipaddress
@@ -19,6 +20,7 @@ from typing import Any, Callable
 
 from twisted.application import service
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import ReactorNotRunning
 from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
 from twisted.python.logfile import LogFile
@@ -496,6 +498,34 @@ def _redis_option(url: str | None) -> Any:
     return config
 
 
+def _exit_now(status: int) -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
+def stop_failed(reactor: Any) -> None:
+    """
+    Stop twistd because a service could not start, so that it exits (with
+    status 1, for a supervisor's ``Restart=on-failure``) rather than serve
+    without it.  twistd starts its services before the reactor runs, when
+    the reactor cannot be stopped yet: then it is stopped as soon as it runs.
+    """
+
+    def stop() -> None:
+        # After twistd's own cleanup (its pid file), the process ends with 1.
+        reactor.addSystemEventTrigger("after", "shutdown", atexit.register, _exit_now, 1)
+        try:
+            reactor.stop()
+        except ReactorNotRunning:
+            pass  # another service failed first
+
+    if reactor.running:
+        stop()
+    else:
+        reactor.callWhenRunning(stop)
+
+
 class ListeningService(service.Service):
     """
     Listens on one endpoint string while running, and logs the address it
@@ -528,7 +558,7 @@ class ListeningService(service.Service):
 
         def failed(failure: Any) -> None:
             self.log.failure("Cannot listen on {description}", failure, description=self.description)
-            self.reactor.stop()
+            stop_failed(self.reactor)
 
         d.addCallbacks(listening, failed)
 
@@ -570,7 +600,7 @@ class NodeService(service.Service):
 
         def failed(failure: Any) -> None:
             self.log.failure("Node {name} cannot start", failure, name=self.node.name)
-            self.reactor.stop()
+            stop_failed(self.reactor)
 
         self.node.start().addErrback(failed)
 
