@@ -4,11 +4,13 @@ The deployment guide's configurations (``docs/deployment/``, shown in
 units' command lines start real ``twistd phoenix`` servers, and real nginx
 and HAProxy, with the guide's files adapted only in ports and paths, stand
 in front of them while the real phoenix.js under Node talks through them
-(WebSocket and long-poll, over TLS, with a browser's ``Origin``).
+(WebSocket and long-poll, over TLS, with a browser's ``Origin``); the
+container's command and health check, the Kubernetes arguments and the
+cluster CA script run too.
 
 Nothing is installed here.  Without ``nginx`` (Debian: ``nginx-light``),
-``haproxy`` or ``systemd-analyze`` (``systemd``) their tests are skipped,
-saying so; with ``CI`` set they fail instead.
+``haproxy``, ``systemd-analyze`` (``systemd``) or ``openssl`` their tests
+are skipped, saying so; with ``CI`` set they fail instead.
 """
 
 from __future__ import annotations
@@ -50,6 +52,9 @@ DEPLOYMENT = ROOT / "docs" / "deployment"
 #: The public host name of the guide's examples; its pages' origin.
 HOST = "chat.example.com"
 ORIGIN = f"https://{HOST}"
+
+#: An X-Forwarded-For the client sends itself: the proxy adds the client's address after it.
+FORGED = "203.0.113.9"
 
 #: What every wait for a child may take, on a busy machine.
 TIMEOUT = 30.0
@@ -254,7 +259,7 @@ class SystemdUnitTests(TestCase):
         placeholder = environment_file(guide_file("phoenix.env"))["SECRET_KEY_BASE"]
         with self.assertRaises(ChildFailed) as caught:
             yield start_server(self, *options, env={"SECRET_KEY_BASE": placeholder}, timeout=TIMEOUT)
-        self.assertIn("64", str(caught.exception))
+        self.assertIn("at least 64 characters", str(caught.exception))
 
     @defer.inlineCallbacks
     def test_sigterm(self) -> Any:
@@ -379,8 +384,8 @@ class ProxyTestCase(TestCase):
 
     @defer.inlineCallbacks
     def whoami(self, url: str) -> Any:
-        """What the server saw of a WebSocket from 127.0.0.2 through the proxy."""
-        run = yield self.scenario("whoami", url, localAddress="127.0.0.2")
+        """What the server saw of a WebSocket from 127.0.0.2, sending X-Forwarded-For: FORGED, through the proxy."""
+        run = yield self.scenario("whoami", url, localAddress="127.0.0.2", headers={"X-Forwarded-For": FORGED})
         (joined,) = scenario_events(run, "join")
         self.assertEqual(joined["status"], "ok", run.output())
         return joined["response"]
@@ -449,7 +454,7 @@ class NginxTests(ProxyTestCase):
         yield self.assert_ping(f"wss://127.0.0.1:{port}")
         seen = yield self.whoami(f"wss://127.0.0.1:{port}")
         self.assertEqual(seen["peer"], "127.0.0.1")  # nginx
-        self.assertEqual(seen["x_headers"]["x-forwarded-for"], "127.0.0.2")  # the client
+        self.assertEqual(seen["x_headers"]["x-forwarded-for"], f"{FORGED}, 127.0.0.2")  # the client
         self.assertEqual(seen["x_headers"]["x-forwarded-proto"], "https")
         self.assertEqual(seen["host"], "127.0.0.1")  # nginx's $host: the name the client used
 
@@ -472,7 +477,7 @@ class NginxTests(ProxyTestCase):
         yield self.assert_ping(f"wss://127.0.0.1:{port}")
         seen = yield self.whoami(f"wss://127.0.0.1:{port}")
         self.assertIsNone(seen["peer"])
-        self.assertEqual(seen["x_headers"]["x-forwarded-for"], "127.0.0.2")
+        self.assertEqual(seen["x_headers"]["x-forwarded-for"], f"{FORGED}, 127.0.0.2")
 
 
 class HAProxyTests(ProxyTestCase):
@@ -551,7 +556,7 @@ class HAProxyTests(ProxyTestCase):
         )
         yield self.assert_ping(f"wss://127.0.0.1:{port}")
         seen = yield self.whoami(f"wss://127.0.0.1:{port}")
-        self.assertEqual(seen["x_headers"]["x-forwarded-for"], "127.0.0.2")
+        self.assertEqual(seen["x_headers"]["x-forwarded-for"], f"{FORGED}, 127.0.0.2")
         self.assertEqual(seen["x_headers"]["x-forwarded-proto"], "https")
         # HAProxy's log: the long-poll requests of one session went to both nodes.
         log = self.haproxy.stdout.decode("utf-8", "replace")
