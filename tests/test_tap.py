@@ -568,6 +568,7 @@ class MakeServiceTests(SynchronousTestCase):
                 raise CannotListenError(interface, port, OSError("in use"))
 
         reactor = Refusing()
+        reactor.running = True
         service = ListeningService(reactor, "tcp:4000", Site(HelloSocketsEndpoint(reactor).resource()))
         events: list[dict[str, Any]] = []
         service.log = Logger(observer=events.append)
@@ -576,6 +577,23 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertEqual(len(events), 1)
         self.assertTrue(events[0]["log_failure"].check(CannotListenError))
         self.assertIsNone(service.stopService())
+        # Once shut down, the process will end with status 1.
+        self.assertEqual(len(reactor.triggers["after"]["shutdown"]), 1)
+
+    def test_cannot_listen_before_running(self) -> None:
+        """twistd starts services before the reactor runs: a failure then stops it as soon as it runs."""
+
+        class Refusing(MemoryReactor):
+            def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> Any:
+                raise CannotListenError(interface, port, OSError("in use"))
+
+        reactor = Refusing()
+        service = ListeningService(reactor, "tcp:4000", Site(HelloSocketsEndpoint(reactor).resource()))
+        service.log = Logger(observer=lambda event: None)
+        service.startService()
+        self.assertFalse(reactor.hasStopped)
+        reactor.run()  # runs the callWhenRunning hooks
+        self.assertTrue(reactor.hasStopped)
 
 
 class _Tracking(WrappingFactory):

@@ -23,11 +23,12 @@ serves a page next to it (and phoenix.js at ``/phoenix/phoenix.js``; see
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Iterable, Mapping
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.web.pages import notFound
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
 
@@ -85,6 +86,48 @@ class _Node(Resource):
         return super().render(request)
 
 
+class _Health(Resource):
+    """``Endpoint.health_path``: ``200 ok`` to ``GET`` and ``HEAD``, 405 to other methods."""
+
+    def getChild(self, path: bytes, request: Any) -> Resource:
+        return notFound()
+
+    def render(self, request: Any) -> bytes:
+        request.setHeader(b"cache-control", b"no-store")
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        if request.method not in (b"GET", b"HEAD"):
+            request.setResponseCode(405)
+            request.setHeader(b"allow", b"GET, HEAD")
+            return b"method not allowed"
+        return b"ok"
+
+
+def health_path_error(path: str, mounts: Iterable[str]) -> str | None:
+    """
+    Why ``path`` cannot be an endpoint's ``health_path`` beside sockets
+    mounted at ``mounts``, or ``None`` when it can.  It must be an absolute
+    path of fixed segments, off every socket's paths: not a mount or a level
+    above one, not ``<mount>/websocket`` or ``<mount>/longpoll`` or below
+    them, and not below a ``:param`` segment.  (``/socket/health`` beside
+    ``/socket`` is fine.)
+    """
+    segments = path.split("/")[1:]
+    if not path.startswith("/") or not all(segments) or any(c in path for c in "?#%:\\ \t"):
+        return f"the health path must be a path such as /health, not {path!r}"
+    if any(s in (".", "..") for s in segments):
+        return f"the health path must be a plain path, not {path!r}"
+    for mount in mounts:
+        pattern = [s for s in mount.split("/") if s]
+        common = min(len(pattern), len(segments))
+        if all(p == s or p.startswith(":") for p, s in zip(pattern[:common], segments[:common])) and (
+            len(segments) <= len(pattern)
+            or any(p.startswith(":") for p in pattern)
+            or segments[len(pattern)] in ("websocket", "longpoll")
+        ):
+            return f"the health path {path!r} is on the paths of the socket at {mount!r}"
+    return None
+
+
 class _UpgradeFirst(Resource):
     """``<mount>/websocket`` reached by a later request of a kept-alive connection."""
 
@@ -112,6 +155,13 @@ class Endpoint:
         ``/phoenix/`` too, unless ``static`` has a ``"/phoenix"`` entry of
         its own.  The sockets' paths win.  See :mod:`twisted_phoenix.static`.
     :cvar static_cache_control: the ``Cache-Control`` of static files.
+    :cvar health_path: a path answered ``200`` with the body ``ok`` (to
+        ``GET`` and ``HEAD``), for the health checks of load balancers and
+        orchestrators (``twistd phoenix --health /health``); ``None`` (the
+        default): no such path.  It wins over a static file of that name,
+        and may not be a socket's path.  The answer comes from the reactor,
+        so it shows the process is serving; it goes through the same
+        connection limits as every request.
     :cvar check_origin: see :func:`twisted_phoenix.origin.origin_allowed`;
         the default ``True`` accepts pages served from :attr:`host` (and,
         in the ``dev`` environment, from ``localhost``, ``127.0.0.1`` and
@@ -171,6 +221,7 @@ class Endpoint:
     presence_options: ClassVar[Mapping[str, Any]] = {}
     static: ClassVar[Mapping[str, str]] = {}
     static_cache_control: ClassVar[str] = DEFAULT_CACHE_CONTROL
+    health_path: ClassVar[str | None] = None
     check_origin: ClassVar[OriginSetting] = True
     host: ClassVar[str] = "localhost"
     env: ClassVar[str] = "prod"
@@ -305,8 +356,26 @@ class Endpoint:
             node.putChild(b"websocket", websocket(factory))
             if mount in longpolls:
                 node.putChild(b"longpoll", longpolls[mount])
+        self._add_health(root)
         self._add_static(root)
         return root
+
+    def _add_health(self, root: Resource) -> None:
+        """Put :attr:`health_path` in the tree, if any."""
+        if self.health_path is None:
+            return
+        problem = health_path_error(self.health_path, self.sockets)
+        if problem is not None:
+            raise ValueError(problem)
+        *levels, last = [s.encode() for s in self.health_path.split("/")[1:]]
+        node = root
+        for segment in levels:
+            child = node.children.get(segment)
+            if child is None:
+                child = _Node()
+                node.putChild(segment, child)
+            node = child
+        node.putChild(last, _Health())
 
     def static_directories(self) -> dict[str, str]:
         """

@@ -8,6 +8,7 @@ The ``twistd phoenix`` plugin: options and service.
 
 from __future__ import annotations
 
+import atexit
 import importlib
 import importlib.util
 import ipaddress
@@ -19,6 +20,7 @@ from typing import Any, Callable
 
 from twisted.application import service
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import ReactorNotRunning
 from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
 from twisted.python.logfile import LogFile
@@ -27,7 +29,7 @@ from ._textlog import TextLogObserver
 from .cluster import NO_NODE, ClusterTLS, Node, parse_node_name
 from .cluster.portmapper import mapper_port
 from .config import ConfigError, resolve_cookie, resolve_env, resolve_secret
-from .endpoint import Endpoint
+from .endpoint import Endpoint, health_path_error
 from .pubsub import PubSub
 from .static import defining_module_directory, resolve_mounts
 
@@ -217,7 +219,7 @@ _OPTION_ORDER = [
     "dist-login-timeout", "dist-max-pending", "epmd-port",
     "heartbeat-interval", "heartbeat-timeout", "discover", "discover-interval", "discover-nameserver",
     "no-interest-routing", "interest-linger", "interest-max-topics", "no-http", "backlog", "workers",
-    "drain-timeout", "metrics",
+    "drain-timeout", "metrics", "health",
     *[option for option, _, _, _ in ENDPOINT_LIMITS],
     *[option for option, _, _, _ in PRESENCE_OPTIONS],
     "gc-threshold", "log-max-bytes", "log-max-files", "version", "help",
@@ -286,6 +288,9 @@ class Options(usage.Options):
         ["metrics", None, None,
          "Serve Prometheus metrics at /metrics on this Twisted endpoint, apart from the clients' port, "
          "e.g. tcp:9100:interface=127.0.0.1 (needs prometheus-client: pip install 'twisted_phoenix[metrics]')."],
+        ["health", None, None,
+         "Answer GET PATH with 200 ok on the clients' port, for the health checks of load balancers "
+         "and orchestrators, e.g. /health (default: no such path)."],
         *[
             [option, None, None, text if getattr(Endpoint, attribute) is None else f"{text} [default: {getattr(Endpoint, attribute)}]"]
             for option, attribute, _, text in ENDPOINT_LIMITS
@@ -416,6 +421,13 @@ class Options(usage.Options):
             self["static"] = _static_directory(self["static"])
         if self["host"] is not None:
             self["host"] = parse_host(self["host"])
+        health = self["health"] if self["health"] is not None else cls.health_path
+        if health is not None:
+            problem = health_path_error(health, cls.sockets)
+            if problem is not None:
+                raise usage.UsageError(f"--health: {problem}" if self["health"] is not None else f"{self['endpoint']}: {problem}")
+            if self["no-http"] and self["health"] is not None:
+                raise usage.UsageError("--health answers on the clients' port, which --no-http turns off")
         if self["presence"]:
             self["endpoint_class"] = _with_presence_options(self["endpoint_class"], self["presence"])
         try:
@@ -572,6 +584,34 @@ def _redis_option(url: str | None) -> Any:
     return config
 
 
+def _exit_now(status: int) -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
+def stop_failed(reactor: Any) -> None:
+    """
+    Stop twistd because a service could not start, so that it exits (with
+    status 1, for a supervisor's ``Restart=on-failure``) rather than serve
+    without it.  twistd starts its services before the reactor runs, when
+    the reactor cannot be stopped yet: then it is stopped as soon as it runs.
+    """
+
+    def stop() -> None:
+        # After twistd's own cleanup (its pid file), the process ends with 1.
+        reactor.addSystemEventTrigger("after", "shutdown", atexit.register, _exit_now, 1)
+        try:
+            reactor.stop()
+        except ReactorNotRunning:
+            pass  # another service failed first
+
+    if reactor.running:
+        stop()
+    else:
+        reactor.callWhenRunning(stop)
+
+
 class ListeningService(service.Service):
     """
     Listens on one endpoint string while running, and logs the address it
@@ -604,7 +644,7 @@ class ListeningService(service.Service):
 
         def failed(failure: Any) -> None:
             self.log.failure("Cannot listen on {description}", failure, description=self.description)
-            self.reactor.stop()
+            stop_failed(self.reactor)
 
         d.addCallbacks(listening, failed)
 
@@ -646,7 +686,7 @@ class NodeService(service.Service):
 
         def failed(failure: Any) -> None:
             self.log.failure("Node {name} cannot start", failure, name=self.node.name)
-            self.reactor.stop()
+            stop_failed(self.reactor)
 
         self.node.start().addErrback(failed)
 
@@ -763,6 +803,8 @@ def serving_service(
         endpoint.host = options["host"]
     if options["static"] is not None:
         endpoint.static = {**endpoint.static, "/": options["static"]}
+    if options["health"] is not None:
+        endpoint.health_path = options["health"]
     top = _logging_top(options)
     if options["cluster"]:
         node = Node(

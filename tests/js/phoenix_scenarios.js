@@ -9,6 +9,8 @@
 // OPTIONS_JSON: {"vsn": "1.0.0" | "2.0.0", "transport": "websocket" | "longpoll",
 // ...scenario options}.  With "longpoll" the client uses phoenix.js's own
 // LongPoll transport (Node 20's fetch), frames being its messages and posts.
+// "origin" sends that Origin header (as a browser would), "headers" more
+// headers, on both transports; "localAddress" binds a WebSocket's source address.
 //
 // Printed events ("sock" names the client socket, "topic" the channel):
 //   {"ev":"open"|"error"|"close", ...}      socket state (close has code, reason)
@@ -112,10 +114,15 @@ function parseFrame(text) {
   return value;
 }
 
+// The headers every request carries: O.headers, and Origin from O.origin.
+function extraHeaders() {
+  return { ...(O.headers || {}), ...(O.origin ? { Origin: O.origin } : {}) };
+}
+
 function recordingTransport(name) {
   return class RecordingWebSocket extends WebSocket {
     constructor(url, protocols) {
-      super(url, protocols);
+      super(url, protocols, { headers: extraHeaders(), ...(O.localAddress ? { localAddress: O.localAddress } : {}) });
       emit({ ev: 'connecting', sock: name, url });
       this.on('upgrade', (res) => {
         emit({ ev: 'upgrade', sock: name, protocol: res.headers['sec-websocket-protocol'] || null });
@@ -158,9 +165,9 @@ function recordingLongPoll(name) {
       return super.send(body);
     }
 
-    ajax(method, ...rest) {
+    ajax(method, headers, ...rest) {
       this.method = method;
-      return super.ajax(method, ...rest);
+      return super.ajax(method, { ...headers, ...extraHeaders() }, ...rest);
     }
 
     // With O.ports, each poll and each post goes to the next port in turn (a
@@ -436,6 +443,14 @@ const scenarios = {
     await waitCount(pushCount(b, 'ping', 'broadcast'));
     await replied;
     await push(b, b.channels[0], 'ping', {}, 'b_ping');
+  },
+
+  // (tests._deploy_app) Join O.topic (whoami) on O.path: the join reply says
+  // what the server saw of the connection.
+  async whoami() {
+    const s = connect('a', O.path || '/info_socket');
+    join(s, O.topic || 'whoami');
+    await joinResult(s, O.topic || 'whoami');
   },
 
   // A server the client must fail to reach (e.g. an untrusted TLS certificate).

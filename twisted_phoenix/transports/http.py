@@ -33,10 +33,11 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import unquote
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IProtocolNegotiationFactory, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.web.server import Site
+from zope.interface import implementer
 
 from .._log import limited_log
 
@@ -254,11 +255,16 @@ class _Unavailable(Protocol):
         self.transport.loseConnection()
 
 
+@implementer(IProtocolNegotiationFactory)
 class PhoenixSite(Factory):
     """
     The factory an :class:`~twisted_phoenix.endpoint.Endpoint` is served
     with: every connection's first request is read here (see the module's
     docstring), then handed to Autobahn or to ``web``.
+
+    Served over TLS (``ssl:``), it answers ALPN with ``http/1.1``: browsers
+    offer ``h2`` and ``http/1.1``, and a TLS server that chooses neither
+    (Twisted's, for a factory that names no protocol) fails the handshake.
 
     :param endpoint: the endpoint; its limits apply.
     :param web: the :mod:`twisted.web` site for everything that is not a
@@ -286,6 +292,10 @@ class PhoenixSite(Factory):
         self._websockets = [
             ([s for s in mount.split("/") if s] + ["websocket"], factory) for mount, factory in websockets.items()
         ]
+
+    def acceptableProtocols(self) -> list[bytes]:
+        """The one ALPN protocol spoken: HTTP/1.1 (WebSocket upgrades included)."""
+        return [b"http/1.1"]
 
     @property
     def handshakes_per_turn(self) -> int:
