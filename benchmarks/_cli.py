@@ -68,7 +68,7 @@ def servers(parser: argparse.ArgumentParser, args: argparse.Namespace,
     specs = [SPECS[n] for n in names if n != "external"]
     if getattr(args, "phoenix_options", ""):
         extra = tuple(shlex.split(args.phoenix_options))
-        specs = [dataclasses.replace(s, options=extra) if s.kind == "phoenix" else s for s in specs]
+        specs = [dataclasses.replace(s, options=s.options + extra) if s.kind == "phoenix" else s for s in specs]
     if args.external or args.external_port:
         try:
             specs.append(external_spec(args.external, args.external_port, args.external_path, args.external_label))
