@@ -64,11 +64,13 @@ class Interest:
         self._unsubscribe = unsubscribe
         #: The wanted topics, those lingering included.
         self.topics: set[str] = set()
-        self._leaving: dict[str, Any] = {}
+        #: The topics wanted only until a timer fires (lingering, or held
+        #: for a join by :meth:`prepare`): topic → its delayed call.
+        self.leaving: dict[str, Any] = {}
 
     def gained(self, topic: str) -> None:
         """``topic`` has its first local subscriber."""
-        call = self._leaving.pop(topic, None)
+        call = self.leaving.pop(topic, None)
         if call is not None:
             call.cancel()  # back before it was dropped: still subscribed upstream
             return
@@ -79,12 +81,12 @@ class Interest:
 
     def lost(self, topic: str) -> None:
         """``topic`` has lost its last local subscriber."""
-        if topic not in self.topics or topic in self._leaving:
+        if topic not in self.topics or topic in self.leaving:
             return
         if self.linger == 0:
             self._drop(topic)
         else:
-            self._leaving[topic] = self.clock.callLater(self.linger, self._expire, topic)
+            self.leaving[topic] = self.clock.callLater(self.linger, self._expire, topic)
 
     def prepare(self, topic: str, hold: float) -> bool:
         """
@@ -94,7 +96,7 @@ class Interest:
         topic wanted already stays so; one lingering lingers ``hold``
         seconds at least.  Returns whether the topic is newly wanted.
         """
-        call = self._leaving.get(topic)
+        call = self.leaving.get(topic)
         if call is not None:
             if call.getTime() - self.clock.seconds() < hold:
                 call.reset(hold)
@@ -102,7 +104,7 @@ class Interest:
         if topic in self.topics:
             return False
         self.topics.add(topic)
-        self._leaving[topic] = self.clock.callLater(hold, self._expire, topic)
+        self.leaving[topic] = self.clock.callLater(hold, self._expire, topic)
         self._call(self._subscribe, topic)
         return True
 
@@ -113,17 +115,17 @@ class Interest:
 
     def lingering(self, topic: str) -> bool:
         """Whether ``topic`` is only wanted for its linger delay."""
-        return topic in self._leaving
+        return topic in self.leaving
 
     def stop(self) -> None:
         """Cancel the pending unsubscriptions (the adapter is going away)."""
-        for call in self._leaving.values():
+        for call in self.leaving.values():
             if call.active():
                 call.cancel()
-        self._leaving.clear()
+        self.leaving.clear()
 
     def _expire(self, topic: str) -> None:
-        del self._leaving[topic]
+        del self.leaving[topic]
         self._drop(topic)
 
     def _drop(self, topic: str) -> None:

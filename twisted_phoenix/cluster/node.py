@@ -17,7 +17,8 @@ are dispatched on the receiving node by its own :class:`~twisted_phoenix.pubsub.
 With interest routing (the default; :mod:`~twisted_phoenix.cluster.routing`)
 the nodes tell each other which topics they have subscribers for, and a
 broadcast crosses only to the nodes that want its topic, or that have not
-said yet.
+said yet; a join on a topic new to this node is answered once every peer
+has acknowledged the news (:meth:`Node.prepare_interest`).
 A broadcast to a node that is down or congested is dropped and counted,
 never queued without bound: as in Phoenix, delivery is at most once.
 
@@ -746,7 +747,7 @@ class Node(service.Service):
         interest sends everything anyway, and one that has not read this
         node's whole set yet does too: neither is waited for.
         """
-        if not self.links or not self._routes():
+        if not self.links or not self.interest_routing or self.pubsub.adapter is not self:
             return None
         acks = self.announcer.prepare(topic)
         if acks is None:

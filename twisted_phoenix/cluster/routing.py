@@ -320,7 +320,13 @@ class InterestAnnouncer:
         subscriber comes meanwhile) and return the answers to wait for, or
         ``None`` when every peer knows already (or there is none).
         """
-        self.interest.prepare(topic, self.interest.linger + 2 * self.timeout)
+        interest = self.interest
+        if (
+            topic in interest.topics and topic not in interest.leaving and not self.everything
+            and topic not in self.pending and topic not in self._unconfirmed
+        ):
+            return None  # the common case: a topic with local subscribers, acknowledged
+        interest.prepare(topic, interest.linger + 2 * self.timeout)
         if self.everything:
             acks = self._everything_acks
             return None if acks is None or acks.done else acks
