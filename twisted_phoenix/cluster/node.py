@@ -744,8 +744,7 @@ class Node(service.Service):
         link went away), or after :attr:`prepare_timeout` seconds at most;
         ``None`` when there is nothing to wait for (no peer, routing off,
         the topic known to every peer).  A peer that does not route by
-        interest sends everything anyway, and one that has not read this
-        node's whole set yet does too: neither is waited for.
+        interest sends everything anyway: it is not waited for.
         """
         if not self.links or not self.interest_routing or self.pubsub.adapter is not self:
             return None
