@@ -50,6 +50,10 @@ class ScriptChannel(Channel):
             self.socket.timers.append(self.send_after(payload["send_after"], "tick"))
         if "assign" in payload:
             self.assigns["mine"] = payload["assign"]
+        if "send" in payload:
+            self.send(payload["send"])
+        if "subscribe" in payload:
+            self.subscribe(payload["subscribe"])
         return None
 
     def handle_in(self, event: str, payload: Any) -> Any:
@@ -557,6 +561,165 @@ class JoinTests(SynchronousTestCase):
         self.client.push("plain", "ev", {})
         self.assertEqual(len(self.flushLoggedErrors(NotImplementedError)), 1)
         self.client.assert_push("phx_error", CRASH)
+
+
+class PreparingAdapter:
+    """
+    A PubSub adapter that holds every join's topic (``prepare_interest``)
+    until the test releases it, except the topics in ``known``.
+    """
+
+    def __init__(self) -> None:
+        self.prepared: list[str] = []
+        self.cancelled: list[str] = []
+        self.known: set[str] = set()
+        self.waits: dict[str, list[Deferred[None]]] = {}
+
+    def broadcast(self, message: Broadcast) -> None:
+        pass
+
+    def direct_broadcast(self, node: str, message: Broadcast) -> bool:
+        return False
+
+    def prepare_interest(self, topic: str) -> Deferred[None] | None:
+        self.prepared.append(topic)
+        if topic in self.known:
+            return None
+        d: Deferred[None] = Deferred(lambda d: self.cancelled.append(topic))
+        self.waits.setdefault(topic, []).append(d)
+        return d
+
+    def release(self, topic: str) -> None:
+        self.known.add(topic)
+        for d in self.waits.pop(topic):
+            d.callback(None)
+
+
+class JoinPrepareTests(SynchronousTestCase):
+    """
+    A join waits for PubSub.prepare before it subscribes and replies
+    (interest routing: the other nodes must know first).
+    """
+
+    def setUp(self) -> None:
+        self.harness = ChannelTest()
+        self.adapter = PreparingAdapter()
+        self.pubsub = self.harness.endpoint.pubsub
+        self.pubsub.adapter = self.adapter  # type: ignore[assignment]
+        self.client = self.harness.socket(ScriptSocket)
+
+    def test_replyWaits(self) -> None:
+        """No reply and no subscription until the topic is prepared; then the reply, then broadcasts."""
+        reply = self.client.join("room:1")
+        self.assertEqual(self.adapter.prepared, ["room:1"])
+        self.assertNoResult(reply)
+        self.assertEqual(self.pubsub.subscribers("room:1"), ())
+        self.assertEqual(self.harness.endpoint.metrics.channels, {})
+        self.harness.broadcast("room:1", "early", {})
+        self.adapter.release("room:1")
+        self.assertEqual(self.successResultOf(reply).status, "ok")
+        self.assertEqual(len(self.pubsub.subscribers("room:1")), 1)
+        self.assertEqual(self.harness.endpoint.metrics.channels, {ScriptChannel: 1})
+        self.harness.broadcast("room:1", "late", {})
+        self.assertEqual([type(m).__name__ for m in self.client.messages], ["Reply", "Broadcast"])
+        self.client.assert_broadcast("late", {})
+
+    def test_knownTopic(self) -> None:
+        """A topic the adapter has nothing to wait for: the reply at once, as without an adapter."""
+        self.adapter.known.add("room:1")
+        self.assertEqual(self.successResultOf(self.client.join("room:1")).status, "ok")
+        self.assertEqual(self.adapter.prepared, ["room:1"])
+
+    def test_errorJoinNotPrepared(self) -> None:
+        """A join refused by the channel prepares nothing."""
+        self.assertEqual(self.successResultOf(self.client.join("room:1", {"status": "error"})).status, "error")
+        self.assertEqual(self.adapter.prepared, [])
+
+    def test_framesWait(self) -> None:
+        """Frames behind the waiting join wait for it, as behind any pending join."""
+        reply = self.client.join("room:1")
+        ref = self.client.push("room:1", "reply", {"status": "ok", "response": {"n": 1}})
+        self.assertEqual(self.client.messages, [])
+        self.assertEqual(self.client.socket.events, [("join", "room:1", {})])
+        self.adapter.release("room:1")
+        self.successResultOf(reply)
+        self.client.assert_reply(ref, "ok", {"n": 1})
+        self.assertEqual([m.ref for m in self.client.replies], ["1", ref])
+
+    def test_sentInJoin(self) -> None:
+        """What the channel sent itself in join (presence's pattern) is handled after the reply."""
+        reply = self.client.join("room:1", {"send": "tick"})
+        self.assertEqual(self.client.socket.events, [("join", "room:1", {"send": "tick"})])
+        self.adapter.release("room:1")
+        self.successResultOf(reply)
+        self.assertEqual(self.client.socket.events[1:], [("info", "tick")])
+        self.assertEqual([type(m).__name__ for m in self.client.messages], ["Reply", "Message"])
+        self.client.assert_push("tick", {})
+
+    def test_timerWhileWaiting(self) -> None:
+        """A send_after that fires while the join waits is handled once joined."""
+        reply = self.client.join("room:1", {"send_after": 1})
+        self.harness.advance(1)
+        self.assertEqual(self.client.messages, [])
+        self.adapter.release("room:1")
+        self.successResultOf(reply)
+        self.client.assert_push("tick", {})
+
+    def test_otherTopicsOfTheJoin(self) -> None:
+        """Topics the channel subscribed to in join are prepared too: the reply waits for all."""
+        reply = self.client.join("room:1", {"subscribe": "news"})
+        self.assertEqual(sorted(self.adapter.prepared), ["news", "room:1"])
+        self.adapter.release("room:1")
+        self.assertNoResult(reply)
+        self.adapter.release("news")
+        self.successResultOf(reply)
+        self.harness.broadcast("news", "headline", {})
+        self.assertEqual(self.client.socket.events[-1], ("info", Broadcast("news", "headline", {})))
+
+    def test_closedWhileWaiting(self) -> None:
+        """The connection closes while the join waits: the wait is cancelled, never subscribed, no terminate."""
+        reply = self.client.join("room:1")
+        self.client.close()
+        self.assertEqual(self.adapter.cancelled, ["room:1"])
+        self.assertNoResult(reply)
+        self.assertEqual(self.pubsub.subscribers("room:1"), ())
+        self.assertEqual(self.pubsub.topics(), [])
+        self.assertEqual(self.client.session.channels, {})
+        self.assertEqual(self.harness.endpoint.metrics.channels, {})
+        self.assertEqual([e[0] for e in self.client.socket.events], ["join"])
+        self.assertEqual(self.client.connection.frames, [])
+
+    def test_duplicateJoinWhileWaiting(self) -> None:
+        """A second join of the topic while the first waits is queued; then it replaces the first, as today."""
+        first = self.client.join("room:1")
+        second = self.client.join("room:1")
+        self.adapter.release("room:1")
+        self.assertEqual(self.successResultOf(first).status, "ok")
+        self.assertEqual(self.successResultOf(second).status, "ok")
+        self.client.assert_push("phx_close", {})
+        self.assertEqual(len(self.pubsub.subscribers("room:1")), 1)
+        self.assertEqual(self.harness.endpoint.metrics.channels, {ScriptChannel: 1})
+
+
+class JoinPreparePresenceTests(SynchronousTestCase):
+    """The demo's presence channel (track after a send to self in join) with a join that waits."""
+
+    def test_presenceAfterReply(self) -> None:
+        """The reply, then presence_state, then the diff of its own join, as without a wait."""
+        from twisted_phoenix.examples.hello_sockets import HelloSocketsEndpoint, UserSocket
+
+        harness = ChannelTest(HelloSocketsEndpoint, secret_key_base="s" * 64)
+        adapter = PreparingAdapter()
+        harness.endpoint.pubsub.adapter = adapter  # type: ignore[assignment]
+        client = self.successResultOf(harness.connect(UserSocket))
+        assert client is not None
+        reply = client.join("tracked", {"user_id": "u1"})
+        self.assertEqual(client.messages, [])
+        self.assertEqual(harness.endpoint.presence.list("tracked"), {})
+        adapter.release("tracked")
+        self.assertEqual(self.successResultOf(reply).status, "ok")
+        self.assertEqual([m.event for m in client.messages[1:]], ["presence_state", "presence_diff"])
+        self.assertIn("u1", harness.endpoint.presence.list("tracked"))
 
 
 class TimerTests(ChannelTestCase):

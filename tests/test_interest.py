@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import ConnectionLost
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.spread import jelly
@@ -167,13 +169,27 @@ class PeerInterestTests(SynchronousTestCase):
 
 
 class FakeLink:
-    """A link as the announcer sees it: records what it is told."""
+    """A link as the announcer sees it: records what it is told, and holds the answers asked for."""
 
-    def __init__(self) -> None:
+    def __init__(self, peer: str = "peer@h") -> None:
+        self.peer = peer
         self.sent: list[tuple[Any, ...]] = []
+        #: (message index in sent, the answer's Deferred), for each message that asked for one.
+        self.answers: list[tuple[int, Deferred[Any]]] = []
 
-    def send_interest(self, method: str, *args: Any) -> None:
+    def send_interest(self, method: str, *args: Any, answer: bool = False) -> Deferred[Any] | None:
         self.sent.append((method, *args))
+        if not answer:
+            return None
+        d: Deferred[Any] = Deferred()
+        self.answers.append((len(self.sent) - 1, d))
+        return d
+
+    def answer(self) -> None:
+        """The peer answers every message that asked for an answer."""
+        answers, self.answers = self.answers, []
+        for _, d in answers:
+            d.callback(None)
 
 
 class InterestAnnouncerTests(SynchronousTestCase):
@@ -343,14 +359,215 @@ class InterestAnnouncerTests(SynchronousTestCase):
         self.assertEqual(link.sent[-1], ("interest_all",))
 
 
+class PrepareTests(SynchronousTestCase):
+    """InterestAnnouncer.prepare: a join's topic announced at once, and the peers' answers awaited."""
+
+    def make(self, links: list[Any] | None = None, **options: Any) -> tuple[InterestAnnouncer, Clock, list[Any]]:
+        clock = Clock()
+        links = [FakeLink()] if links is None else links
+        options.setdefault("linger", 5.0)
+        announcer = InterestAnnouncer(clock, lambda: links, **options)
+        self.addCleanup(announcer.stop)
+        return announcer, clock, links
+
+    def test_new_topic(self) -> None:
+        """The add goes out at the end of the turn, asking for an answer; the join waits for it."""
+        announcer, clock, (link,) = self.make()
+        acks = announcer.prepare("room")
+        self.assertIsNotNone(acks)
+        wait = acks.wait()
+        self.assertEqual(announcer.topics, {"room"})
+        clock.advance(0)
+        self.assertEqual(link.sent, [("interest_update", ["room"], [])])
+        self.assertEqual([index for index, _ in link.answers], [0])
+        self.assertNoResult(wait)
+        link.answer()
+        self.assertIsNone(self.successResultOf(wait))
+        self.assertIsNone(announcer.prepare("room"), "every peer knows now")
+        self.assertEqual(len(link.sent), 1)
+
+    def test_batched(self) -> None:
+        """Joins on new topics within one turn (the same or others): one message, one answer per link."""
+        announcer, clock, links = self.make([FakeLink("p1"), FakeLink("p2")])
+        waits = [announcer.prepare(topic).wait() for topic in ("a", "b", "a", "a", "c")]  # type: ignore[union-attr]
+        clock.advance(0)
+        for link in links:
+            self.assertEqual(link.sent, [("interest_update", ["a", "b", "c"], [])])
+            self.assertEqual(len(link.answers), 1)
+        links[0].answer()
+        self.assertEqual([w.called for w in waits], [False] * 5)
+        links[1].answer()
+        self.assertEqual([w.called for w in waits], [True] * 5)
+
+    def test_answer_after_the_add_is_sent(self) -> None:
+        """A join while its topic's add is sent and not yet answered waits for that answer (no new message)."""
+        announcer, clock, (link,) = self.make()
+        announcer.gained("room")  # a subscriber that is not a join (Endpoint.subscribe): no wait, but answered
+        clock.advance(0)
+        self.assertEqual(len(link.answers), 1)
+        wait = announcer.prepare("room").wait()  # type: ignore[union-attr]
+        clock.advance(0)
+        self.assertEqual(len(link.sent), 1)
+        self.assertNoResult(wait)
+        link.answer()
+        self.successResultOf(wait)
+
+    def test_flushed_early(self) -> None:
+        """A broadcast in the same turn sends the news at once (flush): the join's wait holds on."""
+        announcer, clock, (link,) = self.make()
+        wait = announcer.prepare("room").wait()  # type: ignore[union-attr]
+        announcer.flush()
+        self.assertEqual(len(link.answers), 1)
+        clock.advance(0)
+        self.assertEqual(len(link.sent), 1)
+        link.answer()
+        self.successResultOf(wait)
+
+    def test_removes_need_no_answer(self) -> None:
+        """A turn that only removes topics asks for no answer."""
+        announcer, clock, (link,) = self.make(linger=0)
+        announcer.gained("a")
+        clock.advance(0)
+        link.answer()
+        announcer.lost("a")
+        clock.advance(0)
+        self.assertEqual(link.sent[-1], ("interest_update", [], ["a"]))
+        self.assertEqual(link.answers, [])
+
+    def test_in_parts(self) -> None:
+        """Over BATCH adds: only the last message of the turn asks for an answer (a link is in order)."""
+        announcer, clock, (link,) = self.make(batch=2)
+        wait = announcer.prepare("a").wait()  # type: ignore[union-attr]
+        for topic in "bcde":
+            announcer.prepare(topic)
+        clock.advance(0)
+        self.assertEqual(len(link.sent), 3)
+        self.assertEqual([index for index, _ in link.answers], [2])
+        link.answer()
+        self.successResultOf(wait)
+
+    def test_link_gone(self) -> None:
+        """A link that goes away (its answer fails) holds no join; nor does one gone before the message."""
+        announcer, clock, links = self.make([FakeLink("p1"), FakeLink("p2")])
+        wait = announcer.prepare("room").wait()  # type: ignore[union-attr]
+        links[1].send_interest = lambda *a, **k: None  # type: ignore[method-assign]
+        clock.advance(0)
+        (_, answer), = links[0].answers
+        answer.errback(ConnectionLost("gone"))
+        self.successResultOf(wait)
+
+    def test_no_links(self) -> None:
+        """No peer to tell: nothing to wait for; the topic is wanted all the same."""
+        announcer, clock, _ = self.make([])
+        self.assertIsNone(announcer.prepare("room"))
+        self.assertEqual(announcer.topics, {"room"})
+
+    def test_timeout(self) -> None:
+        """A peer that does not answer within timeout: the joins go on, a warning names it; later joins do not wait."""
+        logs = watch(self)
+        announcer, clock, links = self.make([FakeLink("fast@h"), FakeLink("slow@h")], timeout=0.5)
+        waits = [announcer.prepare("room").wait() for _ in range(2)]  # type: ignore[union-attr]
+        clock.advance(0)
+        links[0].answer()
+        clock.advance(0.49)
+        self.assertNoResult(waits[0])
+        clock.advance(0.01)
+        for wait in waits:
+            self.successResultOf(wait)
+        (line,) = logs.find("Node(s) slow@h did not acknowledge within 0.5 s that this node wants ['room']: "
+                            "2 join(s) went on", LogLevel.warn)
+        self.assertNotIn("fast@h", line)
+        self.assertEqual(announcer.slow, 2)
+        self.assertIsNone(announcer.prepare("room"))
+        links[1].answer()  # the late answer changes nothing
+        self.assertIsNone(announcer.prepare("room"))
+
+    def test_timeout_rate_limited(self) -> None:
+        """The warning is rate-limited (a peer that hangs would make one per turn of joins)."""
+        logs = watch(self)
+        announcer, clock, _ = self.make(timeout=0.1)
+        for i in range(30):
+            announcer.prepare(f"t{i}").wait()  # type: ignore[union-attr]
+            clock.advance(0)
+            clock.advance(0.1)
+        self.assertEqual(len(logs.find("did not acknowledge", LogLevel.warn)), 10)
+        self.assertEqual(announcer.slow, 30)
+
+    def test_held_without_subscriber(self) -> None:
+        """A topic prepared for a join that never subscribed is dropped after linger plus twice the timeout."""
+        announcer, clock, (link,) = self.make(linger=5.0, timeout=1.0)
+        announcer.prepare("room")
+        clock.advance(0)
+        link.answer()
+        clock.advance(6.99)
+        self.assertEqual(len(link.sent), 1)
+        clock.advance(0.01)
+        clock.advance(0)
+        self.assertEqual(link.sent[-1], ("interest_update", [], ["room"]))
+
+    def test_lingering(self) -> None:
+        """A lingering topic, answered long ago: nothing to wait for, and it stays wanted for the join."""
+        announcer, clock, (link,) = self.make(linger=5.0, timeout=1.0)
+        announcer.gained("room")
+        clock.advance(0)
+        link.answer()
+        announcer.lost("room")
+        clock.advance(4.9)
+        self.assertIsNone(announcer.prepare("room"))
+        clock.advance(6.9)
+        self.assertEqual(announcer.topics, {"room"})
+
+    def test_everything(self) -> None:
+        """A join whose topic makes the node ask for everything waits for the peers' answer to interest_all."""
+        announcer, clock, (link,) = self.make(linger=0, max_topics=2)
+        announcer.gained("a")
+        announcer.gained("b")
+        clock.advance(0)
+        link.answer()
+        wait = announcer.prepare("c").wait()  # type: ignore[union-attr]
+        self.assertEqual(link.sent[-1], ("interest_all",))
+        self.assertEqual(len(link.answers), 1)
+        self.assertNoResult(wait)
+        link.answer()
+        self.successResultOf(wait)
+        self.assertIsNone(announcer.prepare("d"))
+
+    def test_everything_takes_over(self) -> None:
+        """Joins waiting for the turn's message when the node asks for everything wait for interest_all instead."""
+        announcer, clock, (link,) = self.make(linger=0, max_topics=2)
+        wait = announcer.prepare("a").wait()  # type: ignore[union-attr]
+        announcer.prepare("b")
+        announcer.prepare("c")
+        self.assertEqual(link.sent, [("interest_all",)])
+        clock.advance(0)
+        self.assertEqual(len(link.sent), 1)
+        link.answer()
+        self.successResultOf(wait)
+
+    def test_stop(self) -> None:
+        """Joins waiting when the node stops go on."""
+        announcer, clock, _ = self.make()
+        before = announcer.prepare("a").wait()  # type: ignore[union-attr]
+        clock.advance(0)
+        after = announcer.prepare("b").wait()  # type: ignore[union-attr]
+        announcer.stop()
+        self.successResultOf(before)
+        self.successResultOf(after)
+
+    def test_timeout_positive(self) -> None:
+        """The timeout must be positive."""
+        self.assertRaises(ValueError, InterestAnnouncer, Clock(), list, timeout=0)
+
+
 class Wire:
     """A link whose interest messages cross to another Link, through jelly as over PB."""
 
     def __init__(self, receiver: Link) -> None:
         self.receiver = receiver
 
-    def send_interest(self, method: str, *args: Any) -> None:
-        self.receiver.received(method, tuple(jelly.unjelly(jelly.jelly(list(args)))))
+    def send_interest(self, method: str, *args: Any, answer: bool = False) -> Deferred[Any] | None:
+        result = self.receiver.received(method, tuple(jelly.unjelly(jelly.jelly(list(args)))))
+        return succeed(result) if answer else None
 
 
 class LinkInterestTests(SynchronousTestCase):
@@ -402,6 +619,17 @@ class LinkInterestTests(SynchronousTestCase):
         link, _, remote, _ = make_link(self)
         link.send_interest("interest_update", ["a"], [])
         self.assertEqual(remote.calls, [("interest_update", (["a"], []), {"pbanswer": False})])
+
+    def test_send_with_answer(self) -> None:
+        """Asked for, the answer is the remote call's Deferred; a closed or dead link gives None."""
+        link, _, remote, _ = make_link(self)
+        answer = link.send_interest("interest_update", ["a"], [], answer=True)
+        self.assertEqual(remote.calls, [("interest_update", (["a"], []), {})])
+        self.assertIs(answer, remote.answers[0])
+        remote.dead = True
+        self.assertIsNone(link.send_interest("interest_all", answer=True))
+        link.close()
+        self.assertIsNone(link.send_interest("interest_all", answer=True))
 
     def test_never_dropped(self) -> None:
         """Congestion drops broadcasts, never interest messages: the peer must not miss a change."""
@@ -455,6 +683,7 @@ class RecordingLink:
         self.address = None
         self.closed = False
         self.info = {"interest": interest}
+        self.answers: list[Deferred[Any]] = []
         self.interest = PeerInterest(name)
         if topics is not None:
             self.interest.set_part(sorted(topics), True)
@@ -463,8 +692,13 @@ class RecordingLink:
         self.log.append((self.peer, "broadcast", topic, b"".join(chunks)))
         return True
 
-    def send_interest(self, method: str, *args: Any) -> None:
+    def send_interest(self, method: str, *args: Any, answer: bool = False) -> Deferred[Any] | None:
         self.log.append((self.peer, method, *args))
+        if not answer:
+            return None
+        d: Deferred[Any] = Deferred()
+        self.answers.append(d)
+        return d
 
 
 class NodeRoutingTests(SynchronousTestCase):
@@ -587,3 +821,78 @@ class NodeRoutingTests(SynchronousTestCase):
         self.assertEqual(node.wanted_by("wants@h"), {"room"})
         self.assertIsNone(node.wanted_by("unknown@h"))
         self.assertIsNone(node.wanted_by("nobody@h"))
+
+
+class NodePrepareTests(SynchronousTestCase):
+    """Node.prepare_interest, through PubSub.prepare, on a node that is not started, with recording links."""
+
+    def make(self, **options: Any) -> tuple[Node, list[Any], Clock]:
+        clock = Clock()
+        node = Node(clock, "me@127.0.0.1", cookie="c", pubsub=PubSub("me@127.0.0.1"), **options)
+        self.addCleanup(node.announcer.stop)
+        sent: list[Any] = []
+        node.links = {
+            "p1@h": RecordingLink("p1@h", sent, {"room"}),
+            "p2@h": RecordingLink("p2@h", sent),
+            "old@h": RecordingLink("old@h", sent, interest=False),
+        }
+        return node, sent, clock
+
+    def test_waits_for_every_routing_peer(self) -> None:
+        """A join's new topic: one answered message to each peer that routes by interest; it waits for both."""
+        node, sent, clock = self.make()
+        wait = node.pubsub.prepare("new")
+        clock.advance(0)
+        self.assertEqual(sent, [("p1@h", "interest_update", ["new"], []), ("p2@h", "interest_update", ["new"], [])])
+        node.links["p1@h"].answers[0].callback(None)
+        self.assertNoResult(wait)
+        node.links["p2@h"].answers[0].callback(None)
+        self.assertIsNone(self.successResultOf(wait))
+        self.assertEqual(node.links["old@h"].answers, [])
+
+    def test_known_topic(self) -> None:
+        """A topic every peer acknowledged: nothing to wait for, nothing sent (the hot path)."""
+        node, sent, clock = self.make()
+        wait = node.pubsub.prepare("room")
+        clock.advance(0)
+        for link in node.links.values():
+            for answer in link.answers:
+                answer.callback(None)
+        self.successResultOf(wait)
+        node.pubsub.subscribe("room", CallbackSubscriber(lambda b: None))
+        sent.clear()
+        for _ in range(3):
+            self.assertIsNone(node.pubsub.prepare("room"))
+        clock.advance(0)
+        self.assertEqual(sent, [])
+
+    def test_nothing_to_wait_for(self) -> None:
+        """No links, routing off, or another adapter carrying the broadcasts: None, and nothing sent."""
+        node, sent, clock = self.make(interest_routing=False)
+        self.assertIsNone(node.pubsub.prepare("new"))
+        node, sent, clock = self.make()
+        node.links = {}
+        self.assertIsNone(node.pubsub.prepare("new"))
+        node, sent, clock = self.make()
+        node.pubsub.adapter = object()
+        self.assertIsNone(node.prepare_interest("new"))
+        node.links = {"old@h": RecordingLink("old@h", sent, interest=False)}
+        node.pubsub.adapter = node
+        self.assertIsNone(node.pubsub.prepare("new"))
+        clock.advance(0)
+        self.assertEqual(sent, [])
+
+    def test_timeout_option(self) -> None:
+        """Node(prepare_timeout=) bounds the wait (1 s by default); it must be positive."""
+        node, _, clock = self.make()
+        self.assertEqual(node.prepare_timeout, 1.0)
+        node, _, clock = self.make(prepare_timeout=0.2)
+        wait = node.pubsub.prepare("new")
+        clock.advance(0)
+        clock.advance(0.2)
+        self.successResultOf(wait)
+        node.prepare_timeout = 3.0
+        self.assertEqual(node.announcer.timeout, 3.0)
+        with self.assertRaises(ValueError):
+            node.prepare_timeout = 0
+        self.assertRaises(ValueError, self.make, prepare_timeout=-1)

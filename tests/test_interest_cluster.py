@@ -15,6 +15,7 @@ from twisted_phoenix.cluster.node import Node
 from twisted_phoenix.examples.hello_sockets import HelloSocketsEndpoint, UserSocket
 from twisted_phoenix.presence.tracker import Tracker
 from twisted_phoenix.pubsub import CallbackSubscriber
+from twisted_phoenix.testing import ChannelTest, ClientSocket
 
 from ._client import connect, serve
 from ._cluster import Collector, told, wait_interest, wait_until
@@ -305,3 +306,175 @@ class InterestLimitTests(ClusterTestCase):
         self.assertEqual(received, [(a.name, "nobody-on-b"), (a.name, "marker")])
         self.assertEqual(a.links[b.name].interest.state, "unknown")
         self.assertEqual(b.links[a.name].interest.state, "unknown")
+
+
+class JoinAckTests(ClusterTestCase):
+    """
+    A join on a topic new to its node is answered once every peer knows the
+    node wants the topic: a broadcast sent after the client has its reply
+    reaches it, with no wait in the test.
+    """
+
+    @defer.inlineCallbacks
+    def setUp(self) -> Any:
+        super().setUp()
+        self.nodes = yield self.mesh("a", "b", "c", interest_linger=0.2)
+        self.a, self.b, self.c = self.nodes
+        yield wait_until(
+            reactor, lambda: all(link.interest.state == "set" for n in self.nodes for link in n.links.values()),
+            TIMEOUT, what="every set known",
+        )
+        self.endpoint = HelloSocketsEndpoint(reactor, node_name=self.b.name, secret_key_base="s" * 64,
+                                             pubsub=self.b.pubsub)
+        self.harness = ChannelTest(self.endpoint)
+
+    def client(self) -> ClientSocket:
+        """A client of b's endpoint, through the real session and channel stack (in memory)."""
+        client = self.harness.socket(UserSocket)
+        self.addCleanup(client.close)
+        return client
+
+    def stop_reading(self, node: Node, peer: Node) -> Any:
+        """``node`` reads nothing more from its link to ``peer`` (what ``peer`` sends waits on the link)."""
+        transport = node.links[peer.name].remote.broker.transport.transport  # TCP, under TLS
+        transport.pauseProducing()
+        self.addCleanup(lambda: transport.connected and transport.resumeProducing())
+        return transport
+
+    def interest_calls(self, node: Node) -> list[tuple[str, str, tuple[Any, ...], bool]]:
+        """Record every interest message ``node`` sends from now on: (peer, method, args, answer asked)."""
+        calls: list[tuple[str, str, tuple[Any, ...], bool]] = []
+        for link in node.links.values():
+            send = link.send_interest
+
+            def recording(method: str, *args: Any, answer: bool = False, link: Any = link, send: Any = send) -> Any:
+                calls.append((link.peer, method, args, answer))
+                return send(method, *args, answer=answer)
+
+            link.send_interest = recording  # type: ignore[method-assign]
+        return calls
+
+    def received(self, client: ClientSocket, event: str) -> list[Any]:
+        return [b.payload for b in client.broadcasts if b.event == event]
+
+    @defer.inlineCallbacks
+    def test_reply_after_every_peer_knows(self) -> None:
+        """The reply waits for the slowest peer's acknowledgement; broadcasts sent as soon as it arrives reach the client."""
+        reading = self.stop_reading(self.a, self.b)
+        client = self.client()
+        reply = client.join("ping:held")
+        # c has read b's news and answered (a ping answered after it proves it); a has not.
+        yield wait_until(reactor, lambda: told(self.c, self.b, "ping:held"), TIMEOUT, what="c told")
+        yield self.b.links[self.c.name].call("ping")
+        self.assertFalse(told(self.a, self.b, "ping:held"))
+        self.assertFalse(reply.called, "replied before a knew")
+        self.assertEqual(self.b.pubsub.subscribers("ping:held"), ())
+        reading.resumeProducing()
+        result = yield reply.addTimeout(TIMEOUT, reactor)
+        self.assertEqual(result.status, "ok")
+        # At once: no wait for the interest to spread.
+        self.a.pubsub.broadcast("ping:held", "shout", {"from": "a"})
+        self.c.pubsub.broadcast("ping:held", "shout", {"from": "c"})
+        yield wait_until(reactor, lambda: len(self.received(client, "shout")) == 2, TIMEOUT, what="both shouts")
+        self.assertEqual(sorted(p["from"] for p in self.received(client, "shout")), ["a", "c"])
+
+    @defer.inlineCallbacks
+    def test_websocket_join_then_broadcast(self) -> None:
+        """A phoenix-style WebSocket client joins topics on b; a and c broadcast the moment each reply arrives."""
+        server = serve(self, self.endpoint)
+        client = yield connect(reactor, server.port, test=self)
+        shouts = []
+        for i in range(10):
+            topic = f"ping:ws{i}"
+            client.send_json([str(i), str(i), topic, "phx_join", {}])
+            while True:
+                frame = yield client.next_json(TIMEOUT)
+                if frame[3] != "phx_reply":
+                    shouts.append(frame)
+                    continue
+                self.assertEqual(frame, [str(i), str(i), topic, "phx_reply", {"response": {}, "status": "ok"}])
+                break
+            self.a.pubsub.broadcast(topic, "shout", {"from": "a"})
+            self.c.pubsub.broadcast(topic, "shout", {"from": "c"})
+        while len(shouts) < 20:
+            shouts.append((yield client.next_json(TIMEOUT)))
+        self.assertEqual(sorted((f[2], f[3], f[4]["from"]) for f in shouts),
+                         sorted((f"ping:ws{i}", "shout", n) for i in range(10) for n in ("a", "c")))
+
+    @defer.inlineCallbacks
+    def test_storm_one_round_trip(self) -> None:
+        """Twenty joins on one new topic in one turn: one acknowledged message per link, and all wait for it."""
+        calls = self.interest_calls(self.b)
+        reading = self.stop_reading(self.a, self.b)
+        clients = [self.client() for _ in range(20)]
+        replies = [client.join("ping:storm") for client in clients]
+        yield wait_until(reactor, lambda: len(calls) == 2, TIMEOUT, what="b's news sent")
+        self.assertEqual(sorted(calls), [(self.a.name, "interest_update", (["ping:storm"], []), True),
+                                         (self.c.name, "interest_update", (["ping:storm"], []), True)])
+        self.assertFalse(any(reply.called for reply in replies))
+        reading.resumeProducing()
+        results = yield defer.gatherResults([reply.addTimeout(TIMEOUT, reactor) for reply in replies])
+        self.assertEqual({r.status for r in results}, {"ok"})
+        self.assertEqual(len(calls), 2)
+        self.a.pubsub.broadcast("ping:storm", "shout", {"from": "a"})
+        yield wait_until(reactor, lambda: all(self.received(c, "shout") for c in clients), TIMEOUT,
+                         what="every client has a's shout")
+
+    @defer.inlineCallbacks
+    def test_existing_topic_no_wait(self) -> None:
+        """A join on a topic the node has subscribers for (known to every peer) waits for nothing: no remote call."""
+        first = yield self.client().join("ping:known").addTimeout(TIMEOUT, reactor)
+        self.assertEqual(first.status, "ok")
+        calls = self.interest_calls(self.b)
+        self.stop_reading(self.a, self.b)  # a slow peer would show, were anything awaited
+        reply = self.client().join("ping:known")
+        self.assertTrue(reply.called, "the reply went out at once")
+        self.assertEqual(self.successResultOf(reply).status, "ok")
+        yield self.b.links[self.c.name].call("ping")  # a turn or two: nothing was scheduled either
+        self.assertEqual(calls, [])
+
+    @defer.inlineCallbacks
+    def test_timeout(self) -> None:
+        """A peer that never answers holds a join prepare_timeout seconds at most; a warning names it."""
+        self.b.prepare_timeout = 0.3
+        self.stop_reading(self.a, self.b)
+        client = self.client()
+        started = reactor.seconds()
+        result = yield client.join("ping:slow").addTimeout(TIMEOUT, reactor)
+        self.assertEqual(result.status, "ok")
+        self.assertGreaterEqual(reactor.seconds() - started, 0.29)
+        self.assertTrue(self.logs.find(
+            "Node(s) a@127.0.0.1 did not acknowledge within 0.3 s that this node wants ['ping:slow']: "
+            "1 join(s) went on", LogLevel.warn))
+        self.assertEqual(self.b.announcer.slow, 1)
+
+    @defer.inlineCallbacks
+    def test_link_gone(self) -> None:
+        """A peer whose link goes away while a join waits for it holds the join no longer."""
+        self.b.prepare_timeout = 60.0
+        self.stop_reading(self.a, self.b)
+        client = self.client()
+        reply = client.join("ping:gone")
+        yield wait_until(reactor, lambda: told(self.c, self.b, "ping:gone"), TIMEOUT, what="c told")
+        yield self.b.links[self.c.name].call("ping")
+        self.assertFalse(reply.called)
+        self.b.links[self.a.name].close()
+        result = yield reply.addTimeout(TIMEOUT, reactor)
+        self.assertEqual(result.status, "ok")
+        self.assertEqual(self.b.announcer.slow, 0)
+
+    @defer.inlineCallbacks
+    def test_closed_while_waiting(self) -> None:
+        """A client gone while its join waits: never subscribed; the topic, held for it, is dropped later."""
+        reading = self.stop_reading(self.a, self.b)
+        client = self.client()
+        reply = client.join("ping:left")
+        yield wait_until(reactor, lambda: told(self.c, self.b, "ping:left"), TIMEOUT, what="c told")
+        client.close()
+        self.assertEqual(self.b.pubsub.subscribers("ping:left"), ())
+        reading.resumeProducing()
+        self.assertFalse(reply.called)
+        # linger (0.2 s) plus twice prepare_timeout (1 s) after the join began, c drops it.
+        yield wait_until(reactor, lambda: "ping:left" not in self.c.wanted_by(self.b.name), TIMEOUT,
+                         what="the topic dropped")
+        self.assertFalse(reply.called)

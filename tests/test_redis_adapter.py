@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -19,7 +20,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_phoenix.adapters._redis_protocol import CommandProtocol, SubscriberProtocol
-from twisted_phoenix.adapters.interest import Interest
+from twisted_phoenix.adapters.interest import DEFAULT_PREPARE_TIMEOUT, Confirmation, Interest
 from twisted_phoenix.adapters.redis import RedisAdapter
 from twisted_phoenix.adapters.redis_url import RedisConfig, parse_redis_url
 from twisted_phoenix.adapters.sequence import Gap, Incoming, Outgoing
@@ -175,6 +176,37 @@ class PubSubInterestTests(SynchronousTestCase):
         pubsub.unsubscribe("t", subscriber)
         self.assertEqual(pubsub.topics(), [])
 
+    def test_prepare(self) -> None:
+        """PubSub.prepare hands over what the adapter's prepare_interest answers; nothing without one."""
+        waits: list[Deferred[None]] = []
+
+        class Preparing(Recorder):
+            def prepare_interest(self, topic: str) -> Deferred[None] | None:
+                self.calls.append(("?", topic))
+                if topic == "known":
+                    return None
+                waits.append(Deferred())
+                return waits[-1]
+
+        adapter = Preparing()
+        pubsub = PubSub("a@h", adapter)
+        self.assertIs(pubsub.prepare("new"), waits[0])
+        self.assertIsNone(pubsub.prepare("known"))
+        self.assertEqual(adapter.calls, [("?", "new"), ("?", "known")])
+        self.assertIsNone(PubSub("a@h").prepare("t"))
+        self.assertIsNone(PubSub("a@h", Recorder()).prepare("t"))
+
+    def test_failing_prepare(self) -> None:
+        """A prepare_interest that raises is logged; nothing to wait for."""
+
+        class Failing(Recorder):
+            def prepare_interest(self, topic: str) -> None:
+                raise RuntimeError("boom")
+
+        pubsub = PubSub("a@h", Failing())
+        self.assertIsNone(pubsub.prepare("t"))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
     def test_failing_hook(self) -> None:
         """A hook that raises is logged; the subscription holds."""
 
@@ -237,6 +269,95 @@ class InterestTests(SynchronousTestCase):
     def test_negative_linger(self) -> None:
         """A negative ``linger`` is refused."""
         self.assertRaises(ValueError, Interest, self.clock, print, print, -1)
+
+    def test_prepare(self) -> None:
+        """A topic prepared is wanted at once, and dropped ``hold`` seconds later if no subscriber came."""
+        self.assertTrue(self.interest.prepare("t", 7.0))
+        self.assertEqual(self.calls, [("+", "t")])
+        self.assertTrue(self.interest.lingering("t"))
+        self.clock.advance(6.9)
+        self.assertEqual(self.calls, [("+", "t")])
+        self.clock.advance(0.1)
+        self.assertEqual(self.calls, [("+", "t"), ("-", "t")])
+        self.assertEqual(self.interest.topics, set())
+
+    def test_prepare_then_subscriber(self) -> None:
+        """The subscriber that comes keeps the topic wanted; when it leaves, the usual linger applies."""
+        self.interest.prepare("t", 7.0)
+        self.interest.gained("t")
+        self.clock.advance(60)
+        self.assertEqual(self.calls, [("+", "t")])
+        self.interest.lost("t")
+        self.clock.advance(5)
+        self.assertEqual(self.calls, [("+", "t"), ("-", "t")])
+
+    def test_prepare_wanted(self) -> None:
+        """A topic wanted already is left as it is; one lingering lingers ``hold`` seconds at least."""
+        self.interest.gained("t")
+        self.assertFalse(self.interest.prepare("t", 7.0))
+        self.assertFalse(self.interest.lingering("t"))
+        self.interest.lost("t")
+        self.clock.advance(4)
+        self.assertFalse(self.interest.prepare("t", 7.0))
+        self.clock.advance(6.9)
+        self.assertEqual(self.calls, [("+", "t")])
+        self.clock.advance(0.1)
+        self.assertEqual(self.calls, [("+", "t"), ("-", "t")])
+        # A hold shorter than what is left of the linger does not shorten it.
+        self.interest.gained("u")
+        self.interest.lost("u")
+        self.interest.prepare("u", 1.0)
+        self.clock.advance(4.9)
+        self.assertIn("u", self.interest.topics)
+
+
+class ConfirmationTests(SynchronousTestCase):
+    """Joins waiting for a confirmation, each at most ``timeout`` seconds."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.timeouts: list[None] = []
+        self.confirmation = Confirmation(self.clock, 1.0, lambda: self.timeouts.append(None))
+
+    def test_fire(self) -> None:
+        """Every waiter goes on when it is confirmed; the timer is cancelled; a later wait does not wait."""
+        waits = [self.confirmation.wait() for _ in range(3)]
+        self.assertEqual(self.confirmation.waiting, 3)
+        self.assertNoResult(waits[0])
+        self.confirmation.fire()
+        for d in waits:
+            self.assertIsNone(self.successResultOf(d))
+        self.assertEqual((self.clock.getDelayedCalls(), self.timeouts), ([], []))
+        self.assertIsNone(self.successResultOf(self.confirmation.wait()))
+        self.assertFalse(self.confirmation.timed_out)
+
+    def test_timeout(self) -> None:
+        """Unconfirmed after ``timeout`` seconds (from the first waiter): on_timeout, and the waiters go on."""
+        first = self.confirmation.wait()
+        self.clock.advance(0.5)
+        second = self.confirmation.wait()
+        self.clock.advance(0.49)
+        self.assertNoResult(second)
+        self.clock.advance(0.01)
+        self.assertIsNone(self.successResultOf(first))
+        self.assertIsNone(self.successResultOf(second))
+        self.assertEqual(len(self.timeouts), 1)
+        self.assertTrue(self.confirmation.done and self.confirmation.timed_out)
+        self.confirmation.fire()  # the late confirmation: nothing more
+        self.assertEqual(len(self.timeouts), 1)
+
+    def test_cancelled_waiter(self) -> None:
+        """A waiter cancelled (its channel gone) is skipped; the others go on."""
+        gone, kept = self.confirmation.wait(), self.confirmation.wait()
+        gone.cancel()
+        self.failureResultOf(gone)
+        self.confirmation.fire()
+        self.assertIsNone(self.successResultOf(kept))
+
+    def test_no_timer_without_waiters(self) -> None:
+        """Nobody waits: no timer."""
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(DEFAULT_PREPARE_TIMEOUT, 1.0)
 
 
 # -- sequence numbers ------------------------------------------------------------------------------
@@ -646,6 +767,127 @@ class Dummy:
 
     def connectionLost(self, reason: Any = None) -> None:
         self.factory.lost(self)
+
+
+class RedisPrepareTests(SynchronousTestCase):
+    """A join on a topic new to the node waits for Redis to confirm the SUBSCRIBE."""
+
+    def setUp(self) -> None:
+        self.h = AdapterHarness(self)
+        self.adapter = self.h.adapter
+        self.logs = capture_logs(self)
+        self.sub, self.sub_t = self.h.connect(SubscriberProtocol)
+        self.h.feed(self.sub, resp("subscribe", "phx:n:a@host", 1) + resp("subscribe", "phx:nodes", 2))
+        self.sub_t.clear()
+
+    def test_waits_for_confirmation(self) -> None:
+        """SUBSCRIBE goes at once; the join goes on when Redis confirms it, and the next needs no wait."""
+        wait = self.h.pubsub.prepare("room")
+        self.assertEqual(commands(self.sub_t.value()), [[b"SUBSCRIBE", b"phx:t:room"]])
+        self.assertNoResult(wait)
+        self.h.feed(self.sub, resp("subscribe", "phx:t:room", 3))
+        self.assertIsNone(self.successResultOf(wait))
+        self.assertTrue(self.adapter.is_subscribed("room"))
+        self.h.subscribe_local("room")
+        self.assertIsNone(self.h.pubsub.prepare("room"))
+        self.assertEqual(commands(self.sub_t.value()), [[b"SUBSCRIBE", b"phx:t:room"]])
+
+    def test_subscribed_already(self) -> None:
+        """A topic confirmed already (with subscribers, or lingering): nothing to wait for, nothing sent."""
+        subscriber = self.h.subscribe_local("room")
+        self.h.feed(self.sub, resp("subscribe", "phx:t:room", 3))
+        self.sub_t.clear()
+        self.assertIsNone(self.h.pubsub.prepare("room"))
+        self.h.pubsub.unsubscribe("room", subscriber)
+        self.h.clock.advance(1)
+        self.assertIsNone(self.h.pubsub.prepare("room"))
+        self.assertEqual(self.sub_t.value(), b"")
+
+    def test_subscribed_not_confirmed(self) -> None:
+        """A topic subscribed to (Channel.subscribe, Endpoint.subscribe) but not confirmed yet: a join waits too."""
+        self.h.subscribe_local("room")
+        wait = self.h.pubsub.prepare("room")
+        self.assertNoResult(wait)
+        self.h.feed(self.sub, resp("subscribe", "phx:t:room", 3))
+        self.successResultOf(wait)
+        self.assertEqual(commands(self.sub_t.value()), [[b"SUBSCRIBE", b"phx:t:room"]])
+
+    def test_storm(self) -> None:
+        """Many joins on one new topic: one SUBSCRIBE, and one confirmation lets them all go on."""
+        waits = [self.h.pubsub.prepare("room") for _ in range(20)]
+        self.assertEqual(commands(self.sub_t.value()), [[b"SUBSCRIBE", b"phx:t:room"]])
+        self.assertEqual([w.called for w in waits], [False] * 20)
+        self.h.feed(self.sub, resp("subscribe", "phx:t:room", 3))
+        self.assertEqual([w.called for w in waits], [True] * 20)
+
+    def test_unsubscribe_in_flight(self) -> None:
+        """A topic dropped (UNSUBSCRIBE not confirmed yet) then joined waits for the new SUBSCRIBE's confirmation."""
+        subscriber = self.h.subscribe_local("room")
+        self.h.feed(self.sub, resp("subscribe", "phx:t:room", 3))
+        self.h.pubsub.unsubscribe("room", subscriber)
+        self.h.clock.advance(5)
+        self.sub_t.clear()
+        self.assertTrue(self.adapter.is_subscribed("room"), "Redis has not confirmed the UNSUBSCRIBE")
+        wait = self.h.pubsub.prepare("room")
+        self.assertEqual(commands(self.sub_t.value()), [[b"SUBSCRIBE", b"phx:t:room"]])
+        self.h.feed(self.sub, resp("unsubscribe", "phx:t:room", 2))
+        self.assertNoResult(wait)
+        self.h.feed(self.sub, resp("subscribe", "phx:t:room", 3))
+        self.successResultOf(wait)
+
+    def test_timeout(self) -> None:
+        """No confirmation within prepare_timeout: the join goes on, a warning; later joins do not wait for it."""
+        wait = self.h.pubsub.prepare("room")
+        self.h.clock.advance(DEFAULT_PREPARE_TIMEOUT - 0.01)
+        self.assertNoResult(wait)
+        self.h.clock.advance(0.01)
+        self.successResultOf(wait)
+        self.assertEqual(len(self.logs.find(
+            "did not confirm the subscription to phx:t:room within 1 s: 1 join(s) went on", LogLevel.warn)), 1)
+        self.assertIsNone(self.h.pubsub.prepare("room"))
+        self.h.feed(self.sub, resp("subscribe", "phx:t:room", 3))
+        self.assertIsNone(self.h.pubsub.prepare("room"))
+
+    def test_other_timeout(self) -> None:
+        """prepare_timeout is the adapter's option; it must be positive."""
+        h = AdapterHarness(self, prepare_timeout=0.25)
+        sub, sub_t = h.connect(SubscriberProtocol)
+        wait = h.pubsub.prepare("room")
+        h.clock.advance(0.25)
+        self.successResultOf(wait)
+        self.assertRaises(ValueError, AdapterHarness, self, prepare_timeout=0)
+
+    def test_connection_lost(self) -> None:
+        """The subscription connection lost while joins wait: they go on; while it is down, none waits."""
+        wait = self.h.pubsub.prepare("room")
+        self.h.lose(self.sub, self.sub_t)
+        self.successResultOf(wait)
+        self.assertIsNone(self.h.pubsub.prepare("other"))
+        # Back: "room" (still held for its join) is subscribed again, and a join on it waits for that.
+        sub2, sub2_t = self.h.connect(SubscriberProtocol)
+        self.assertEqual(commands(sub2_t.value()), [[b"SUBSCRIBE", b"phx:n:a@host", b"phx:nodes", b"phx:t:room"]])
+        wait = self.h.pubsub.prepare("room")
+        self.h.feed(sub2, resp("subscribe", "phx:n:a@host", 1) + resp("subscribe", "phx:nodes", 2))
+        self.assertNoResult(wait)
+        self.h.feed(sub2, resp("subscribe", "phx:t:room", 3))
+        self.successResultOf(wait)
+
+    def test_stop(self) -> None:
+        """A join waiting when the adapter stops goes on."""
+        self.adapter.startService()
+        wait = self.h.pubsub.prepare("room")
+        self.adapter.stopService()
+        self.successResultOf(wait)
+
+    def test_prepared_never_joined(self) -> None:
+        """A topic prepared for a join that never subscribed (its client left) is dropped after linger + 2 timeouts."""
+        self.h.pubsub.prepare("room")
+        self.h.feed(self.sub, resp("subscribe", "phx:t:room", 3))
+        self.sub_t.clear()
+        self.h.clock.advance(5 + 2 * DEFAULT_PREPARE_TIMEOUT - 0.01)
+        self.assertEqual(self.sub_t.value(), b"")
+        self.h.clock.advance(0.01)
+        self.assertEqual(commands(self.sub_t.value()), [[b"UNSUBSCRIBE", b"phx:t:room"]])
 
 
 class ReconnectorTests(SynchronousTestCase):

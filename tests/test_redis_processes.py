@@ -82,6 +82,12 @@ class RedisNodesTestCase(TestCase):
         self.fail(f"no {what} within {TIMEOUT} s (last answer {answer!r})")
 
     @defer.inlineCallbacks
+    def assert_numsub(self, topic: str, count: int) -> Any:
+        """Redis has ``count`` nodes subscribed to ``topic``'s channel now (no wait: a join's reply says so)."""
+        channel = f"phx:t:{topic}"
+        self.assertEqual((yield self.redis.numsub(channel)), {channel: count})
+
+    @defer.inlineCallbacks
     def client(self, server: ServerProcess, query: str = "vsn=2.0.0") -> Any:
         client = yield connect(reactor, server.port, query=query, test=self)
         return client
@@ -122,7 +128,7 @@ class RedisProcessTests(RedisNodesTestCase):
         self.assertNotIn("listening for cluster links", a.output())
         ca = yield self.joined(a)
         cb = yield self.joined(b)
-        yield self.poll(lambda: self.redis.numsub("phx:t:ping"), lambda n: n == {"phx:t:ping": 2}, "both subscribed")
+        yield self.assert_numsub("ping", 2)  # the join replies came once Redis had both subscriptions
         ca.send_json(["1", "2", "ping", "broadcast", {"from": "a"}])
         got = yield self.frames_until(cb, lambda f: f[3] == "broadcast", "a's broadcast on b")
         self.assertEqual(got, [[None, None, "ping", "broadcast", {"from": "a"}]])
@@ -175,9 +181,9 @@ class RedisProcessTests(RedisNodesTestCase):
         counts = yield self.redis.numsub(*channels)
         self.assertEqual(counts, {"phx:t:ping": 0, "phx:t:phx_presence:presence": 2, "phx:nodes": 2, f"phx:n:{a.name}": 1})
         ca = yield self.joined(a)
-        yield self.poll(lambda: self.redis.numsub("phx:t:ping"), lambda n: n == {"phx:t:ping": 1}, "a subscribed")
+        yield self.assert_numsub("ping", 1)  # a's join reply came once Redis had a's subscription
         cb = yield self.joined(b)
-        yield self.poll(lambda: self.redis.numsub("phx:t:ping"), lambda n: n == {"phx:t:ping": 2}, "b subscribed")
+        yield self.assert_numsub("ping", 2)
         left_at = reactor.seconds()
         yield cb.disconnect()
         yield self.poll(lambda: self.redis.numsub("phx:t:ping"), lambda n: n == {"phx:t:ping": 1}, "b unsubscribed")
@@ -197,7 +203,7 @@ class RedisRestartTests(RedisNodesTestCase):
         a, b = yield defer.gatherResults([self.start_node("a"), self.start_node("b")])
         ca = yield self.joined(a)
         cb = yield self.joined(b)
-        yield self.poll(lambda: self.redis.numsub("phx:t:ping"), lambda n: n == {"phx:t:ping": 2}, "both subscribed")
+        yield self.assert_numsub("ping", 2)  # the join replies came once Redis had both subscriptions
         counter = iter(range(1_000_000))
         sent: list[int] = []
 
@@ -257,7 +263,7 @@ class RedisTLSProcessTests(RedisNodesTestCase):
         a, b = yield defer.gatherResults([self.start_node("a"), self.start_node("b")])
         ca = yield self.joined(a)
         cb = yield self.joined(b)
-        yield self.poll(lambda: self.redis.numsub("phx:t:ping"), lambda n: n == {"phx:t:ping": 2}, "both subscribed")
+        yield self.assert_numsub("ping", 2)  # the join replies came once Redis had both subscriptions
         ca.send_json(["1", "2", "ping", "broadcast", {"over": "tls"}])
         got = yield self.frames_until(cb, lambda f: f[3] == "broadcast", "the broadcast on b")
         self.assertEqual(got[-1][4], {"over": "tls"})
@@ -277,7 +283,7 @@ class RedisWithLinksTests(RedisNodesTestCase):
         yield self.wait_log(a, "Node b@127.0.0.1 connected to a@127.0.0.1")
         ca = yield self.joined(a)
         cb = yield self.joined(b)
-        yield self.poll(lambda: self.redis.numsub("phx:t:ping"), lambda n: n == {"phx:t:ping": 2}, "both subscribed")
+        yield self.assert_numsub("ping", 2)  # the join replies came once Redis had both subscriptions
         ca.send_json(["1", "2", "ping", "broadcast", {"n": 1}])
         ca.send_json(["1", "3", "ping", "broadcast", {"n": 2}])
         got = yield self.frames_until(cb, lambda f: f[4] == {"n": 2}, "both broadcasts on b")

@@ -223,6 +223,71 @@ class RedisLiveTests(TestCase):
             yield deferLater(reactor, 0.1, lambda: None)
         self.fail(f"no {what} within {TIMEOUT} s (last answer {value!r})")
 
+    def client_on(self, node: LiveNode) -> Any:
+        """A client of the demo's endpoint on ``node``, through the real session and channels (in memory)."""
+        from twisted_phoenix.examples.hello_sockets import HelloSocketsEndpoint, UserSocket
+        from twisted_phoenix.testing import ChannelTest
+
+        endpoint = HelloSocketsEndpoint(reactor, node_name=node.pubsub.node_name, secret_key_base="s" * 64,
+                                        pubsub=node.pubsub)
+        client = ChannelTest(endpoint).socket(UserSocket)
+        self.addCleanup(client.close)
+        return client
+
+    @defer.inlineCallbacks
+    def test_join_waits_for_subscription(self) -> Any:
+        """A join's reply comes once Redis has confirmed the node's SUBSCRIBE: what is published after reaches it."""
+        a, b = yield self.linked("a@h", "b@h")
+        client = self.client_on(b)
+        for i in range(10):
+            topic = f"ping:{i}"
+            reply = yield client.join(topic).addTimeout(TIMEOUT, reactor)
+            self.assertEqual(reply.status, "ok")
+            self.assertTrue(b.adapter.is_subscribed(topic))
+            a.pubsub.broadcast(topic, "shout", {"i": i})  # at once
+        yield self.wait(lambda: len(client.broadcasts) == 10, "every shout")
+        self.assertEqual(sorted(m.payload["i"] for m in client.broadcasts), list(range(10)))
+        self.assertEqual(b.adapter.lost, 0)
+
+    @defer.inlineCallbacks
+    def test_join_waits_for_confirmation(self) -> Any:
+        """Redis has subscribed the node, but until the node has read the confirmation the join waits."""
+        a, b = yield self.linked("a@h", "b@h")
+        client = self.client_on(b)
+        b.adapter._subscriber.transport.pauseProducing()  # b reads nothing from its subscription connection
+        reply = client.join("ping:held")
+        yield self.poll_numsub("phx:t:ping:held", 1)
+        self.assertFalse(reply.called)
+        a.pubsub.broadcast("ping:held", "shout", {"after": "subscribe"})
+        b.adapter._subscriber.transport.resumeProducing()
+        self.assertEqual((yield reply.addTimeout(TIMEOUT, reactor)).status, "ok")
+        yield self.wait(lambda: len(client.broadcasts) == 1, "the shout")
+
+    @defer.inlineCallbacks
+    def test_join_timeout(self) -> Any:
+        """Unconfirmed within prepare_timeout: the join goes on, with a warning."""
+        b = self.node("b@h", prepare_timeout=0.3)
+        yield self.wait(lambda: b.adapter.connected, "connected")
+        client = self.client_on(b)
+        b.adapter._subscriber.transport.pauseProducing()
+        self.addCleanup(lambda: b.adapter._subscriber and b.adapter._subscriber.transport.resumeProducing())
+        started = reactor.seconds()
+        self.assertEqual((yield client.join("ping:slow").addTimeout(TIMEOUT, reactor)).status, "ok")
+        self.assertGreaterEqual(reactor.seconds() - started, 0.29)
+        self.assertTrue(self.logs.find("did not confirm the subscription to phx:t:ping:slow within 0.3 s", LogLevel.warn))
+
+    @defer.inlineCallbacks
+    def poll_numsub(self, channel: str, count: int) -> Any:
+        """Ask Redis every 0.02 s until ``channel`` has ``count`` subscribers; bounded."""
+        deadline = reactor.seconds() + TIMEOUT
+        while True:
+            counts = yield self.redis.numsub(channel)
+            if counts == {channel: count}:
+                return
+            if reactor.seconds() > deadline:
+                self.fail(f"{channel} never had {count} subscriber(s): {counts}")
+            yield deferLater(reactor, 0.02, lambda: None)
+
 
 class RedisAuthTests(TestCase):
     """A Redis with a password."""

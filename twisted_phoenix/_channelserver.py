@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable
 
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -109,6 +109,7 @@ class ChannelServer:
         "_current",
         "_others",
         "_on_end",
+        "_preparing",
         "started",
     )
 
@@ -139,6 +140,7 @@ class ChannelServer:
         self._current: Message | None = None
         self._others: dict[str, _InfoSubscriber] = {}
         self._on_end: list[Callable[[], None]] | None = None
+        self._preparing: Deferred[Any] | None = None
         #: When the join began (the telemetry's durations count from here).
         self.started = session.reactor.seconds()
         channel = self.channel = channel_class()
@@ -159,11 +161,20 @@ class ChannelServer:
         :class:`Result` and never fails.  On success the channel is subscribed
         to its topic before the Deferred fires, so the reply precedes any
         broadcast.
+
+        Before it subscribes, the channel waits for its topic to be
+        :meth:`prepared <twisted_phoenix.pubsub.PubSub.prepare>` (and the
+        topics it subscribed to in ``join``), when the adapter says there is
+        something to wait for: then every other node sends this node the
+        topic's broadcasts by the time the client has the reply.  Meanwhile
+        the channel is still joining: what it sent itself waits in its
+        mailbox, and a channel that ends (its connection closed) is never
+        subscribed.
         """
         d = maybeDeferred(self.channel.join, self.topic, payload)
         return d.addCallback(self._joined).addErrback(self._join_crashed)
 
-    def _joined(self, result: Any) -> Result:
+    def _joined(self, result: Any) -> Result | Deferred[Result]:
         if self.state is DEAD:  # killed by a duplicate join while joining
             return JOIN_CRASHED
         if result is None:
@@ -171,13 +182,40 @@ class ChannelServer:
         if type(result) is not Result or result.status not in ("ok", "error"):
             raise TypeError(f"join must return None, ok(...) or error(...), not {result!r}")
         if result.status == "ok":
-            self.state = JOINED
-            channels = self.session.endpoint.metrics.channels
-            channels[type(self.channel)] = channels.get(type(self.channel), 0) + 1
-            self.session.endpoint.pubsub.subscribe(self.topic, self)
+            wait = self._prepare()
+            if wait is not None:
+                self._preparing = wait
+                return wait.addBoth(self._prepared, result)
+            self._subscribe_joined()
         else:
             self._die()
         return result
+
+    def _prepare(self) -> Deferred[Any] | None:
+        """What the join waits for before it subscribes (usually nothing)."""
+        pubsub = self.session.endpoint.pubsub
+        wait = pubsub.prepare(self.topic)
+        if self._others:
+            # Topics subscribed to in join: their news goes with the topic's.
+            waits = [w for w in map(pubsub.prepare, self._others) if w is not None]
+            if waits:
+                if wait is not None:
+                    waits.append(wait)
+                wait = waits[0] if len(waits) == 1 else DeferredList(waits, consumeErrors=True)
+        return wait
+
+    def _prepared(self, _: Any, result: Result) -> Result:
+        self._preparing = None
+        if self.state is DEAD:  # its connection closed meanwhile
+            return JOIN_CRASHED
+        self._subscribe_joined()
+        return result
+
+    def _subscribe_joined(self) -> None:
+        self.state = JOINED
+        channels = self.session.endpoint.metrics.channels
+        channels[type(self.channel)] = channels.get(type(self.channel), 0) + 1
+        self.session.endpoint.pubsub.subscribe(self.topic, self)
 
     def _join_crashed(self, failure: Failure) -> Result:
         self._rlog().failure(
@@ -378,6 +416,10 @@ class ChannelServer:
                 self._rlog().failure(
                     "{topic}: an end-of-channel callback failed", topic=truncate_repr(self.topic)
                 )
+        preparing, self._preparing = self._preparing, None
+        if preparing is not None:
+            # Dead while its join waited: the join ends now (never subscribed).
+            preparing.cancel()
 
     def _terminate(self, reason: Any) -> None:
         """Run the channel's terminate; pushes it makes still go out."""

@@ -195,7 +195,14 @@ class Channel:
         return self._server.send_after(seconds, message)
 
     def subscribe(self, topic: str) -> None:
-        """Receive the broadcasts on another ``topic`` in :meth:`handle_info`."""
+        """
+        Receive the broadcasts on another ``topic`` in :meth:`handle_info`.
+
+        The other nodes of a cluster are told at once.  Called in
+        :meth:`join`, the join's reply waits until they know, as for the
+        channel's own topic; called later, nothing waits: broadcasts from
+        other nodes come once they know (one link transit later).
+        """
         self._server.subscribe(topic)
 
     def unsubscribe(self, topic: str) -> None:

@@ -13,13 +13,16 @@ without waking the channel.  Every other subscriber gets the
 Moving broadcasts between the nodes of a cluster is the job of an *adapter*
 (see :class:`Adapter`); the dispatch on each node is done here.  An adapter
 that routes by interest (see :class:`InterestAdapter`) is told when a topic
-gains its first local subscriber and loses its last one.
+gains its first local subscriber and loses its last one, and is asked to
+:meth:`~PubSub.prepare` a topic before a join subscribes to it, so that a
+client that has its join reply misses no broadcast from another node.
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable, Protocol
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger, LogLevel
 
 from ._log import RateLimitedLog, truncate_repr
@@ -76,9 +79,19 @@ class InterestAdapter(Adapter, Protocol):
     """
     An adapter that only brings a node the topics it has subscribers for.
 
-    Both methods are optional: :class:`PubSub` calls each one the adapter
-    has, and an adapter without them (the PB mesh) gets every broadcast.
+    The three methods are optional: :class:`PubSub` calls each one the
+    adapter has, and an adapter without them gets every broadcast.
     """
+
+    def prepare_interest(self, topic: str) -> Deferred[None] | None:
+        """
+        A join is about to subscribe to ``topic``: make sure every other
+        node will send this node its broadcasts.  Return ``None`` when that
+        is true already (the common case, which must cost next to nothing),
+        else a Deferred that fires (never fails) once it is true, or after a
+        short timeout.  A topic prepared but never subscribed to is dropped
+        like one whose last subscriber left.
+        """
 
     def topic_subscribed(self, topic: str) -> None:
         """``topic`` has its first subscriber on this node."""
@@ -176,6 +189,35 @@ class PubSub:
     def topics(self) -> list[str]:
         """The topics that have subscribers on this node."""
         return list(self._topics)
+
+    def prepare(self, topic: str) -> Deferred[None] | None:
+        """
+        Get ready for a subscriber of ``topic`` that must miss no broadcast
+        from another node from the moment it is added: the channel runtime
+        calls this when a join succeeds, and waits for the Deferred, if
+        any, before it subscribes the channel and sends the join's reply.
+
+        :returns: ``None`` when nothing needs waiting (no adapter, an
+            adapter that sends every broadcast everywhere, or every other
+            node known to send this one the topic already), else a Deferred
+            that fires with ``None`` (never fails) once the adapter has made
+            sure of it (:meth:`InterestAdapter.prepare_interest`), or after
+            the adapter's timeout.  Cancelling it is harmless.
+        """
+        adapter = self.adapter
+        if adapter is None:
+            return None
+        prepare = getattr(adapter, "prepare_interest", None)
+        if prepare is None:
+            return None
+        try:
+            return prepare(topic)  # type: ignore[no-any-return]
+        except Exception:
+            self._rlog.failure(
+                "PubSub adapter failed in prepare_interest({topic})", topic=truncate_repr(topic),
+                level=LogLevel.error,
+            )
+            return None
 
     def _tell_adapter(self, hook: str, topic: str) -> None:
         # Only on a topic's first and last subscriber: never on the broadcast path.

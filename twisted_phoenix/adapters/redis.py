@@ -13,7 +13,10 @@ Channels (``phx`` is the URL's ``prefix``):
 
 * ``phx:t:<topic>``: the broadcasts of a topic.  A node is subscribed to it
   only while it has local subscribers to the topic (and ``linger`` seconds
-  more; see :mod:`~twisted_phoenix.adapters.interest`).
+  more; see :mod:`~twisted_phoenix.adapters.interest`).  A join on a topic
+  the node is not subscribed to yet waits until Redis has confirmed the
+  ``SUBSCRIBE`` (:meth:`RedisAdapter.prepare_interest`), so that its client,
+  once it has its reply, misses nothing published after.
 * ``phx:n:<node name>``: direct broadcasts to one node; each node is always
   subscribed to its own.
 * ``phx:nodes``: ``hello`` and ``bye`` of the nodes, for membership.
@@ -60,7 +63,8 @@ from ..pubsub import PubSub
 from ..serializers import json_dumps
 from ._reconnect import Reconnector
 from ._redis_protocol import CommandProtocol, SubscriberProtocol
-from .interest import Interest
+from .._log import RateLimitedLog
+from .interest import DEFAULT_PREPARE_TIMEOUT, Confirmation, Interest
 from .redis_url import RedisConfig, parse_redis_url
 from .sequence import Incoming, Outgoing
 
@@ -97,6 +101,10 @@ class RedisAdapter(service.Service):
         the URL's ``max_pending``, else 1000).
     :param log_interval: seconds over which losses are summed in one log line (1).
     :param backoff: ``(initial, maximum)`` seconds between reconnection attempts.
+    :param prepare_timeout: seconds a join on a topic this node is not
+        subscribed to waits at most for Redis to confirm the subscription
+        (1; see :meth:`prepare_interest`); past it a warning, and the join
+        goes on.
 
     Counters, for metrics (they only grow):
 
@@ -134,14 +142,18 @@ class RedisAdapter(service.Service):
         max_pending: int | None = None,
         log_interval: float = 1.0,
         backoff: tuple[float, float] = (0.1, 5.0),
+        prepare_timeout: float = DEFAULT_PREPARE_TIMEOUT,
     ) -> None:
         if isinstance(config, str):
             config = parse_redis_url(config)
         linger = config.linger if linger is None else linger
         ping_interval = config.ping_interval if ping_interval is None else ping_interval
         max_pending = config.max_pending if max_pending is None else max_pending
-        if ping_interval <= 0 or sequence_idle <= 0 or log_interval <= 0 or max_pending < 0:
-            raise ValueError("ping_interval, sequence_idle and log_interval must be positive, max_pending not negative")
+        if ping_interval <= 0 or sequence_idle <= 0 or log_interval <= 0 or max_pending < 0 or prepare_timeout <= 0:
+            raise ValueError(
+                "ping_interval, sequence_idle, log_interval and prepare_timeout must be positive, "
+                "max_pending not negative"
+            )
         self.reactor = reactor
         self.pubsub = pubsub
         self.config = config
@@ -153,6 +165,7 @@ class RedisAdapter(service.Service):
         self.max_pending = max_pending
         self.log_interval = log_interval
         self.backoff = backoff
+        self.prepare_timeout = prepare_timeout
         prefix = config.prefix.encode()
         self._topic_prefix = prefix + b":t:"
         self._node_prefix = prefix + b":n:"
@@ -185,6 +198,11 @@ class RedisAdapter(service.Service):
         self._connections: set[Any] = set()
         # Channels Redis confirmed on the current subscription connection.
         self._live: set[bytes] = set()
+        # SUBSCRIBEs sent on it and not confirmed yet, by channel.
+        self._subscribing: dict[bytes, int] = {}
+        # Joins waiting for those confirmations, by channel.
+        self._confirmations: dict[bytes, Confirmation] = {}
+        self._rlog = RateLimitedLog(self.log, reactor)
         self._ever_ready: set[type] = set()
         self._pending: list[tuple[bytes, bytes, str | None, str]] | None = []
         self._base_subscribed = False
@@ -279,6 +297,7 @@ class RedisAdapter(service.Service):
             if loop.running:
                 loop.stop()
         self.interest.stop()
+        self._release_joins()
         pending, self._pending = self._pending, None
         for _, _, node, topic in pending or ():
             # Never connected: what waited is dropped, and said so.
@@ -336,6 +355,50 @@ class RedisAdapter(service.Service):
     def topic_unsubscribed(self, topic: str) -> None:
         """PubSub: ``topic`` has lost its last local subscriber."""
         self.interest.lost(topic)
+
+    def prepare_interest(self, topic: str) -> defer.Deferred[None] | None:
+        """
+        PubSub (:meth:`~twisted_phoenix.pubsub.PubSub.prepare`): a join is
+        about to subscribe to ``topic``.  Unless Redis has confirmed this
+        node's subscription to the topic's channel already, subscribe now and
+        return a Deferred that fires once Redis confirms it, or after
+        :attr:`prepare_timeout` seconds at most (a warning then).  ``None``
+        when subscribed already, or while the subscription connection is
+        down (nothing is received then anyway; the reconnection subscribes
+        again).
+        """
+        channel = self._topic_prefix + topic.encode()
+        if channel in self._live and channel not in self._subscribing and channel in self._channels:
+            return None
+        if self._subscriber is None:
+            return None
+        self.interest.prepare(topic, self.interest.linger + 2 * self.prepare_timeout)
+        confirmation = self._confirmations.get(channel)
+        if confirmation is None:
+            if channel not in self._subscribing:
+                return None
+            confirmation = self._confirmations[channel] = Confirmation(
+                self.reactor, self.prepare_timeout, lambda: self._slow(channel)
+            )
+        elif confirmation.done:
+            return None  # it timed out: later joins do not wait for it again
+        return confirmation.wait()
+
+    def _slow(self, channel: bytes) -> None:
+        confirmation = self._confirmations.get(channel)
+        self._rlog.warn(
+            "Redis at {address} did not confirm the subscription to {channel} within {timeout:g} s: "
+            "{joins} join(s) went on without it (a broadcast published meanwhile may miss them)",
+            address=self.config.address(), channel=channel.decode("utf-8", "replace")[:200],
+            timeout=self.prepare_timeout, joins=0 if confirmation is None else confirmation.waiting,
+        )
+
+    def _release_joins(self) -> None:
+        """No join waits for a confirmation any more (the connection is gone, or the adapter stops)."""
+        self._subscribing.clear()
+        confirmations, self._confirmations = self._confirmations, {}
+        for confirmation in confirmations.values():
+            confirmation.fire()
 
     # -- publishing ------------------------------------------------------------------
 
@@ -396,7 +459,13 @@ class RedisAdapter(service.Service):
         channel = self.channel_for_topic(topic)
         self._channels[channel] = None
         if self._subscriber is not None:
-            self._subscriber.send(b"SUBSCRIBE", channel)
+            self._send_subscribe(self._subscriber, [channel])
+
+    def _send_subscribe(self, protocol: SubscriberProtocol, channels: list[bytes]) -> None:
+        protocol.send(b"SUBSCRIBE", *channels)
+        subscribing = self._subscribing
+        for channel in channels:
+            subscribing[channel] = subscribing.get(channel, 0) + 1
 
     def _unwant(self, topic: str) -> None:
         channel = self.channel_for_topic(topic)
@@ -409,6 +478,15 @@ class RedisAdapter(service.Service):
     def _subscribed(self, channel: bytes) -> None:
         self._live.add(channel)
         self._incoming.subscribed(channel)
+        count = self._subscribing.get(channel)
+        if count is not None:
+            if count > 1:
+                self._subscribing[channel] = count - 1
+            else:
+                del self._subscribing[channel]
+                confirmation = self._confirmations.pop(channel, None)
+                if confirmation is not None:
+                    confirmation.fire()
         if channel == self.nodes_channel and not self._base_subscribed:
             self._base_subscribed = True
             self._maybe_hello()
@@ -580,7 +658,7 @@ class RedisAdapter(service.Service):
             self._base_subscribed = False
             channels = list(self._channels)
             for i in range(0, len(channels), SUBSCRIBE_BATCH):
-                protocol.send(b"SUBSCRIBE", *channels[i : i + SUBSCRIBE_BATCH])
+                self._send_subscribe(protocol, channels[i : i + SUBSCRIBE_BATCH])
         self._hello_sent = False
         what = "publishing" if isinstance(protocol, CommandProtocol) else "subscribed"
         if again:
@@ -615,6 +693,7 @@ class RedisAdapter(service.Service):
             self._base_subscribed = False
             self._live.clear()
             self._incoming.connection_lost()
+            self._release_joins()
         if was_ready:
             self.disconnects += 1
         if was_ready and not self._stopping:

@@ -258,18 +258,27 @@ class Link:
         self.dropped += 1
         self.node.broadcasts_dropped += 1
 
-    def send_interest(self, method: str, *args: Any) -> None:
+    def send_interest(self, method: str, *args: Any, answer: bool = False) -> defer.Deferred[Any] | None:
         """
         Tell the peer which topics this node wants (an ``interest_*``
-        call, without an answer).  Never dropped for congestion: the peer's
-        view of this node must not miss a change.
+        call).  Never dropped for congestion: the peer's view of this node
+        must not miss a change.
+
+        :param answer: ask for an answer, which the peer sends once it has
+            read everything before on this link (joins wait for it).
+        :returns: with ``answer``, the answer's Deferred (it fails if the
+            link goes away first); ``None`` otherwise, or if the link is
+            gone already.
         """
         if self.closed:
-            return
+            return None
         try:
+            if answer:
+                return self.remote.callRemote(method, *args)
             self.remote.callRemote(method, *args, pbanswer=False)
         except pb.DeadReferenceError:
             pass
+        return None
 
     def received(self, method: str, args: tuple[Any, ...]) -> Any:
         """Validate and handle one call from the peer."""

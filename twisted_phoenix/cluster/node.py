@@ -17,7 +17,8 @@ are dispatched on the receiving node by its own :class:`~twisted_phoenix.pubsub.
 With interest routing (the default; :mod:`~twisted_phoenix.cluster.routing`)
 the nodes tell each other which topics they have subscribers for, and a
 broadcast crosses only to the nodes that want its topic, or that have not
-said yet.
+said yet; a join on a topic new to this node is answered once every peer
+has acknowledged the news (:meth:`Node.prepare_interest`).
 A broadcast to a node that is down or congested is dropped and counted,
 never queued without bound: as in Phoenix, delivery is at most once.
 
@@ -45,7 +46,7 @@ from twisted.internet.endpoints import (
 from twisted.logger import Logger, LogLevel
 from twisted.spread import pb
 
-from ..adapters.interest import DEFAULT_LINGER
+from ..adapters.interest import DEFAULT_LINGER, DEFAULT_PREPARE_TIMEOUT
 from ..message import Broadcast
 from ..pubsub import PubSub
 from ..serializers import json_dumps
@@ -140,6 +141,10 @@ class Node(service.Service):
     :param max_interest_topics: past this many wanted topics, this node
         asks its peers for everything; a peer that declares more is sent
         everything.
+    :param prepare_timeout: seconds a join on a topic new to this node
+        waits at most for every peer to acknowledge that this node wants it
+        (:meth:`prepare_interest`); past it a warning names the slow peers
+        and the join goes on.
 
     :cvar pre_auth_bytes: bytes a peer connecting to the link port may send
         before it has logged in.
@@ -183,6 +188,7 @@ class Node(service.Service):
         interest_routing: bool = True,
         interest_linger: float = DEFAULT_LINGER,
         max_interest_topics: int = DEFAULT_MAX_TOPICS,
+        prepare_timeout: float = DEFAULT_PREPARE_TIMEOUT,
     ) -> None:
         if plaintext and tls is not None:
             raise ValueError("plaintext links and TLS certificates: choose one")
@@ -228,7 +234,7 @@ class Node(service.Service):
         #: What this node tells its peers it wants.
         self.announcer = InterestAnnouncer(
             reactor, self._interest_links, linger=interest_linger, max_topics=max_interest_topics,
-            batch=self.interest_batch, max_length=self.interest_topic_length,
+            batch=self.interest_batch, max_length=self.interest_topic_length, timeout=prepare_timeout,
         )
         #: Copies of broadcasts not sent to a peer that wanted none of their topic.
         self.skipped = 0
@@ -717,6 +723,35 @@ class Node(service.Service):
             self.announcer.flush()
         chunks, binary = _encode(message.payload)
         return link.send_broadcast(message.topic, message.event, chunks, binary)
+
+    @property
+    def prepare_timeout(self) -> float:
+        """Seconds a join waits at most for the peers' acknowledgement (see :meth:`prepare_interest`)."""
+        return self.announcer.timeout
+
+    @prepare_timeout.setter
+    def prepare_timeout(self, seconds: float) -> None:
+        if seconds <= 0:
+            raise ValueError("prepare_timeout must be positive")
+        self.announcer.timeout = seconds
+
+    def prepare_interest(self, topic: str) -> defer.Deferred[None] | None:
+        """
+        PubSub (:meth:`~twisted_phoenix.pubsub.PubSub.prepare`): a join is
+        about to subscribe to ``topic``.  Unless every peer that routes by
+        interest knows already that this node wants it, tell them now and
+        return a Deferred that fires once each has acknowledged (or its
+        link went away), or after :attr:`prepare_timeout` seconds at most;
+        ``None`` when there is nothing to wait for (no peer, routing off,
+        the topic known to every peer).  A peer that does not route by
+        interest sends everything anyway: it is not waited for.
+        """
+        if not self.links or not self.interest_routing or self.pubsub.adapter is not self:
+            return None
+        acks = self.announcer.prepare(topic)
+        if acks is None:
+            return None
+        return acks.wait()
 
     def topic_subscribed(self, topic: str) -> None:
         """PubSub: ``topic`` has its first local subscriber (the peers are told at once)."""

@@ -30,17 +30,29 @@ exact once it has read what this node wrote: deltas sent before a link's
 whole set are ignored by the peer (it knows nothing yet), and those sent after
 apply to that set.  Interest messages are never dropped, even on a congested
 link (they are small; a peer that stops reading is dropped by the heartbeat).
+
+A join waits until its topic's news has reached every peer
+(:meth:`InterestAnnouncer.prepare`): the last ``interest_update`` of a turn
+that adds topics (or the ``interest_all`` that replaces it) is a call with an
+answer, and the peer answers once it has read everything before it on the
+link (an :class:`Acknowledgements`).  A whole set needs no answer: until the
+peer has read all of it, it sends this node everything.  A link that goes
+away answers with its failure; a peer that does not answer within
+``timeout`` seconds is named in a warning, and the joins go on.
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable, Iterable
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from ..adapters.interest import DEFAULT_LINGER, Interest
+from .._log import RateLimitedLog, truncate_repr
+from ..adapters.interest import DEFAULT_LINGER, DEFAULT_PREPARE_TIMEOUT, Confirmation, Interest
 
 __all__ = [
+    "Acknowledgements",
     "BATCH",
     "DEFAULT_MAX_TOPICS",
     "MAX_TOPIC_LENGTH",
@@ -175,20 +187,79 @@ class PeerInterest:
         )
 
 
+class Acknowledgements(Confirmation):
+    """
+    The peers' answers to one interest message, sent on every link, that the
+    joins on the topics it adds wait for (a
+    :class:`~twisted_phoenix.adapters.interest.Confirmation`).  It fires once
+    every link it was sent on has answered (or failed: a link gone), or at
+    its timeout, when ``on_slow`` is called with it.
+
+    :ivar topics: the topics it adds.
+    :ivar unanswered: the links that have not answered yet.
+    """
+
+    __slots__ = ("topics", "unanswered", "on_done", "_on_slow", "_sent")
+
+    def __init__(
+        self,
+        clock: Any,
+        timeout: float,
+        on_slow: Callable[[Acknowledgements], None],
+        on_done: Callable[[Acknowledgements], None],
+    ) -> None:
+        super().__init__(clock, timeout, self._slow)
+        self.topics: list[str] = []
+        self.unanswered: dict[Any, None] = {}
+        self.on_done = on_done
+        self._on_slow = on_slow
+        self._sent = False
+
+    def expect(self, link: Any, answer: Deferred[Any]) -> None:
+        """Wait for ``link``'s ``answer`` (its failure counts as an answer)."""
+        self.unanswered[link] = None
+        answer.addBoth(self._answered, link)
+
+    def sent(self) -> None:
+        """The message is on every link: fire once all have answered (at once if there are none)."""
+        self._sent = True
+        if not self.unanswered:
+            self.fire()
+
+    def fire(self) -> None:
+        if not self.done:
+            super().fire()
+            self.on_done(self)
+
+    def _answered(self, result: Any, link: Any) -> None:
+        self.unanswered.pop(link, None)
+        if self._sent and not self.unanswered:
+            self.fire()
+
+    def _slow(self) -> None:
+        self._on_slow(self)
+
+
 class InterestAnnouncer:
     """
     What this node tells its peers it wants (see the module docstring).
 
     :param clock: provides ``callLater`` (the reactor, or a ``task.Clock``).
     :param links: called with no argument, returns the links to tell now:
-        objects with ``send_interest(method, *args)``.
+        objects with ``send_interest(method, *args, answer=False)``, which
+        returns the answer's Deferred when ``answer`` is true (``None`` if
+        the link is gone).
     :param linger: seconds a topic stays wanted after its last local subscriber left.
     :param max_topics: past this many wanted topics, ask for everything.
     :param batch: the most topics in one message.
     :param max_length: while a wanted topic is longer (in characters), ask for everything.
+    :param timeout: seconds a join waits at most for the peers' answers
+        (:meth:`prepare`).
 
     :ivar everything: whether this node asks its peers for everything now.
     :ivar pending: changes not sent yet: topic → wanted.
+    :ivar slow: joins that went on after ``timeout`` without every peer's
+        answer (for metrics; it only grows).
     """
 
     def __init__(
@@ -200,19 +271,31 @@ class InterestAnnouncer:
         max_topics: int = DEFAULT_MAX_TOPICS,
         batch: int = BATCH,
         max_length: int = MAX_TOPIC_LENGTH,
+        timeout: float = DEFAULT_PREPARE_TIMEOUT,
     ) -> None:
         if max_topics < 1 or batch < 1 or max_length < 1:
             raise ValueError("max_topics, batch and max_length must be at least 1")
+        if timeout <= 0:
+            raise ValueError("timeout must be positive")
         self.clock = clock
         self.links = links
         self.max_topics = max_topics
         self.batch = batch
         self.max_length = max_length
+        self.timeout = timeout
         self.interest = Interest(clock, self._gained, self._lost, linger)
         self.everything = False
         self.pending: dict[str, bool] = {}
+        self.slow = 0
         self._call: Any = None
         self._long = 0
+        # The answers the next flush asks for (joins wait for them already).
+        self._next: Acknowledgements | None = None
+        # Topics whose add is sent, not yet answered by every peer.
+        self._unconfirmed: dict[str, Acknowledgements] = {}
+        # The answers to the last interest_all, while awaited.
+        self._everything_acks: Acknowledgements | None = None
+        self._rlog = RateLimitedLog(log, clock)
 
     @property
     def topics(self) -> set[str]:
@@ -228,6 +311,55 @@ class InterestAnnouncer:
     def lost(self, topic: str) -> None:
         """``topic`` has lost its last local subscriber."""
         self.interest.lost(topic)
+
+    def prepare(self, topic: str) -> Acknowledgements | None:
+        """
+        Make sure every peer will send this node the broadcasts of
+        ``topic``, which a join is about to subscribe to: want it at once
+        (for ``linger`` plus twice ``timeout`` seconds at least, unless a
+        subscriber comes meanwhile) and return the answers to wait for, or
+        ``None`` when every peer knows already (or there is none).
+        """
+        interest = self.interest
+        if (
+            topic in interest.topics and topic not in interest.leaving and not self.everything
+            and topic not in self.pending and topic not in self._unconfirmed
+        ):
+            return None  # the common case: a topic with local subscribers, acknowledged
+        interest.prepare(topic, interest.linger + 2 * self.timeout)
+        if self.everything:
+            acks = self._everything_acks
+            return None if acks is None or acks.done else acks
+        if self.pending.get(topic):
+            acks = self._next
+            if acks is None:
+                if not any(True for _ in self.links()):
+                    return None  # nobody to tell: a peer linked later gets the whole set
+                acks = self._next = self._acknowledgements()
+                self._schedule()
+            return acks
+        return self._unconfirmed.get(topic)
+
+    def _acknowledgements(self) -> Acknowledgements:
+        return Acknowledgements(self.clock, self.timeout, self._slow, self._confirmed)
+
+    def _confirmed(self, acks: Acknowledgements) -> None:
+        unconfirmed = self._unconfirmed
+        for topic in acks.topics:
+            if unconfirmed.get(topic) is acks:
+                del unconfirmed[topic]
+        if self._everything_acks is acks:
+            self._everything_acks = None
+
+    def _slow(self, acks: Acknowledgements) -> None:
+        self.slow += acks.waiting
+        peers = sorted(str(getattr(link, "peer", link)) for link in acks.unanswered)
+        self._rlog.warn(
+            "Node(s) {peers} did not acknowledge within {timeout:g} s that this node wants {topics}: "
+            "{joins} join(s) went on without it (a broadcast they send meanwhile may miss this node)",
+            peers=", ".join(peers), timeout=self.timeout, joins=acks.waiting,
+            topics=truncate_repr(acks.topics) if acks.topics else "every topic",
+        )
 
     def _gained(self, topic: str) -> None:
         if len(topic) > self.max_length:
@@ -246,6 +378,7 @@ class InterestAnnouncer:
         if self.everything:
             if not self._long and len(self.interest.topics) <= self.max_topics * 3 // 4:
                 self.everything = False
+                self._everything_acks = None
                 log.info("This node wants {n} topics again: telling its peers which",
                          n=len(self.interest.topics))
                 for link in list(self.links()):
@@ -258,18 +391,30 @@ class InterestAnnouncer:
         self.everything = True
         self._cancel()
         self.pending.clear()
+        # The joins waiting for the next flush wait for this instead.
+        acks, self._next = self._next, None
+        if acks is None:
+            acks = self._acknowledgements()
         log.info(
             "This node wants {n} topics (more than {max}, or one longer than {length} characters): "
             "its peers send it every broadcast", n=len(self.interest.topics), max=self.max_topics,
             length=self.max_length,
         )
+        self._everything_acks = acks
         for link in list(self.links()):
-            link.send_interest("interest_all")
+            answer = link.send_interest("interest_all", answer=True)
+            if answer is not None:
+                acks.expect(link, answer)
+        acks.sent()
 
     # -- telling the peers ------------------------------------------------------------
 
     def announce(self, link: Any) -> None:
-        """Tell a new link the whole set (or that this node wants everything)."""
+        """
+        Tell a new link the whole set (or that this node wants everything).
+        No answer is needed: until the peer has read all of it, it sends
+        this node everything.
+        """
         if self.everything:
             link.send_interest("interest_all")
             return
@@ -282,24 +427,52 @@ class InterestAnnouncer:
             link.send_interest("interest_set", topics[start : start + batch], start + batch >= len(topics))
 
     def flush(self) -> None:
-        """Send the pending changes to every link now."""
+        """
+        Send the pending changes to every link now.  When they add topics
+        (or joins wait for them), the last message on each link asks for
+        an answer.
+        """
         self._cancel()
         pending, self.pending = self.pending, {}
+        acks, self._next = self._next, None
         if not pending:
+            if acks is not None:
+                acks.sent()
             return
         adds = [topic for topic, wanted in pending.items() if wanted]
         removes = [topic for topic, wanted in pending.items() if not wanted]
+        if adds and acks is None:
+            acks = self._acknowledgements()
+        if acks is not None:
+            acks.topics = adds
+            unconfirmed = self._unconfirmed
+            for topic in adds:
+                unconfirmed[topic] = acks
         links = list(self.links())
         batch = self.batch
-        for start in range(0, max(len(adds), len(removes)), batch):
+        count = max(len(adds), len(removes))
+        for start in range(0, count, batch):
             a, r = adds[start : start + batch], removes[start : start + batch]
-            for link in links:
-                link.send_interest("interest_update", a, r)
+            if acks is not None and start + batch >= count:
+                for link in links:
+                    answer = link.send_interest("interest_update", a, r, answer=True)
+                    if answer is not None:
+                        acks.expect(link, answer)
+            else:
+                for link in links:
+                    link.send_interest("interest_update", a, r)
+        if acks is not None:
+            acks.sent()
 
     def stop(self) -> None:
-        """Cancel the pending flush and the lingering topics' timers."""
+        """Cancel the pending flush and the lingering topics' timers; no join waits any more."""
         self._cancel()
         self.interest.stop()
+        waited = {*self._unconfirmed.values(), self._next, self._everything_acks}
+        self._next = None
+        for acks in waited:
+            if acks is not None:
+                acks.fire()
 
     def _schedule(self) -> None:
         if self._call is None:
