@@ -3,10 +3,12 @@ End-to-end tests of ``twistd -n phoenix --workers N`` with real processes:
 the parent and its workers, WebSocket and long-poll clients on loopback,
 another node, and Redis.
 
-Each test has its own port mapper port and cookie.  Which worker serves a
-client is the kernel's choice: the tests connect clients until every
-worker has some (each tells its node through :class:`tests._worker_app.WhereChannel`),
-with a bound on the attempts.
+Each test has its own port mapper port and cookie.  Which worker accepts
+a connection is the kernel's choice, and on an idle machine it may be the
+same one many times in a row; so a test that needs a client on a given
+worker stops the others (SIGSTOP) while that client connects, leaving the
+shared socket to that worker alone, and checks where it landed (each
+client's :class:`tests._worker_app.WhereChannel` names its node).
 """
 
 from __future__ import annotations
@@ -34,9 +36,6 @@ APP = "tests._worker_app:WorkersEndpoint"
 
 #: Bound on any one wait.
 TIMEOUT = 30.0
-
-#: How many clients may be connected to find one on every worker.
-MAX_TRIES = 40
 
 _STARTED = re.compile(r"Worker (\d+) started: (\S+), pid (\d+)")
 
@@ -78,23 +77,36 @@ class WorkersTestCase(TestCase):
         return reply[4]["response"]
 
     @defer.inlineCallbacks
-    def on_every_worker(self, server: ServerProcess, nodes: int = 2, per_node: int = 1) -> Any:
+    def accepted_by(self, server: ServerProcess, name: str, open: Callable[[], defer.Deferred[Any]]) -> Any:
         """
-        Connect clients joined to ``room:lobby`` until each of ``nodes``
-        workers serves ``per_node`` of them; fires with ``{node: [Client]}``
-        (clients beyond what is needed are closed).
+        Fires with ``open()``'s result, a connection that worker ``name``
+        accepted: every other worker is stopped (SIGSTOP) until it is open.
+        """
+        others = [pid for node, pid in self.workers(server).items() if node != name]
+        for pid in others:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            result = yield open()
+        finally:
+            for pid in others:
+                os.kill(pid, signal.SIGCONT)
+        return result
+
+    @defer.inlineCallbacks
+    def on_every_worker(self, server: ServerProcess, per_node: int = 1) -> Any:
+        """
+        Connect ``per_node`` clients to each worker, each joined to
+        ``room:lobby``; fires with ``{node: [Client]}``.
         """
         found: dict[str, list[Client]] = {}
-        for _ in range(MAX_TRIES):
-            client = yield connect(reactor, server.port, test=self, timeout=TIMEOUT)
-            node = (yield self.where(client))["node"]
-            if len(found.get(node, [])) < per_node:
+        for node in sorted(self.workers(server)):
+            for _ in range(per_node):
+                client = yield self.accepted_by(
+                    server, node, lambda: connect(reactor, server.port, test=self, timeout=TIMEOUT)
+                )
+                self.assertEqual((yield self.where(client))["node"], node)
                 found.setdefault(node, []).append(client)
-            else:
-                yield client.disconnect()
-            if len(found) == nodes and all(len(c) == per_node for c in found.values()):
-                return found
-        self.fail(f"{MAX_TRIES} clients did not reach {nodes} workers: {list(found)}\n{server.output()}")
+        return found
 
     @defer.inlineCallbacks
     def frames_until(self, client: Client, done: Callable[[Any], bool], what: str) -> Any:
@@ -166,16 +178,13 @@ class WorkersClusterTests(WorkersTestCase):
         pids = self.workers(server)
         url = server.url("/socket")
         sockets: dict[str, list[Any]] = {}
-        for _ in range(MAX_TRIES):
+        for name in sorted(pids):
             sock = PhoenixSocket(url, reactor=reactor)
             self.addCleanup(sock.disconnect)
-            yield sock.connect()
+            yield self.accepted_by(server, name, sock.connect)
             channel = sock.channel("where")
-            node = (yield channel.join())["node"]
-            sockets.setdefault(node, []).append((sock, channel))
-            if len(sockets) == 2:
-                break
-        self.assertEqual(sorted(sockets), sorted(pids))
+            self.assertEqual((yield channel.join())["node"], name)
+            sockets[name] = [(sock, channel)]
         victim, survivor = sorted(pids)
         closes: dict[str, list[Any]] = {name: [] for name in pids}
         for name, pairs in sockets.items():
@@ -325,13 +334,11 @@ class LongPollAcrossWorkersTests(WorkersTestCase):
         # Keep-alive connections, each served by one worker: a new session
         # on each tells which (its token names the node holding it).
         by_node: dict[str, list[tuple[_LongPoll, str]]] = {}
-        for _ in range(MAX_TRIES):
+        for name in sorted(self.workers(server)):
             connection = _LongPoll(self, server.port)
-            token = yield connection.open()
-            by_node.setdefault(session_node(token), []).append((connection, token))
-            if len(by_node) == 2:
-                break
-        self.assertEqual(len(by_node), 2, list(by_node))
+            token = yield self.accepted_by(server, name, connection.open)
+            self.assertEqual(session_node(token), name)
+            by_node[name] = [(connection, token)]
         (holder, (here, token)), (other, (there, _)) = ((n, c[0]) for n, c in sorted(by_node.items()))
         # Join through the other worker's connection, read the reply there too.
         status, answer = yield there.request(
