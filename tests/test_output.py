@@ -17,7 +17,7 @@ from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from twisted_phoenix._output import BATCH, Flusher, StreamOutput
+from twisted_phoenix._output import BATCH, JOIN, Flusher, StreamOutput
 
 from ._client import capture_logs
 
@@ -301,6 +301,40 @@ class StreamOutputSocketTests(TestCase):
         self.assertEqual(self.output.lag, 0)
         self.assertFalse(self.output._paused)
         self.assertEqual(self.overflow.calls, 0)
+
+    @inlineCallbacks
+    def test_smallFramesJoined(self) -> Any:
+        """
+        A turn's small frames go out joined in one send; what the kernel
+        does not take of them is the one piece the output holds (at most
+        JOIN bytes), and it arrives in order once the client reads.
+        """
+        # Fill the kernel's buffers first, as a client that stopped reading has.
+        filler = b"-" * 65536
+        sock = self.transport.getHandle()
+        sock.setblocking(False)
+        filled = 0
+        while True:
+            try:
+                filled += sock.send(filler)
+            except BlockingIOError:
+                break
+        frames = [b"%05d" % n + b"." * 95 for n in range(JOIN // 100)]  # just under JOIN bytes
+        for frame in frames:
+            self.output.send(frame)
+        yield deferLater(reactor, 0, lambda: None)
+        self.assertTrue(self.output._paused)
+        self.assertEqual(len(self.output._queue), 1)
+        self.assertLess(self.output.lag, JOIN)
+        self.assertEqual(self.transport.dataBuffer, b"")
+        received = b""
+        total = filled + sum(map(len, frames))
+        while len(received) < total:
+            received += self.read_all()
+            yield deferLater(reactor, 0.001, lambda: None)
+        self.assertEqual(received, b"-" * filled + b"".join(frames))
+        self.assertEqual(self.output.lag, 0)
+        self.assertFalse(self.output._paused)
 
     @inlineCallbacks
     def test_overflowOnRealSocket(self) -> Any:

@@ -27,7 +27,7 @@ from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
-__all__ = ["BATCH", "IOV_MAX", "Flusher", "StreamOutput"]
+__all__ = ["BATCH", "IOV_MAX", "JOIN", "Flusher", "StreamOutput"]
 
 #: The most bytes an output joins into one write to a transport it does not
 #: write to directly (TLS): that transport copies what it buffers.
@@ -66,18 +66,25 @@ class Flusher:
 #: Buffers handed to one ``sendmsg`` (Linux's IOV_MAX is 1024).
 IOV_MAX = 512
 
+#: A queue of at most this many bytes is joined and sent in one piece; a
+#: larger one goes to ``sendmsg`` frame by frame, shared, never copied.  So a
+#: client that falls behind holds at most this much of its own, however
+#: large the broadcasts waiting for it.
+JOIN = 16 * 1024
+
 
 @implementer(IPushProducer)
 class StreamOutput:
     """
     The pending output of one stream connection (a WebSocket over TCP or TLS).
 
-    On a plain TCP connection the output writes to the socket itself, with
-    ``sendmsg`` over the shared frames: nothing is joined or copied, and what
-    the kernel does not take stays here as references until the socket
-    drains.  On any other transport (TLS) it writes through the transport,
-    in batches of at most :data:`BATCH` bytes, while the transport does not
-    pause it.
+    On a plain TCP connection the output writes to the socket itself: a
+    turn's frames joined when they are few (at most :data:`JOIN` bytes),
+    else with ``sendmsg`` over the shared frames, uncopied; what the kernel
+    does not take stays here until the socket drains, as references to the
+    shared frames but for at most one joined piece.  On any other transport
+    (TLS) it writes through the transport, in batches of at most
+    :data:`BATCH` bytes, while the transport does not pause it.
 
     :param transport: the connection's transport; the output registers itself
         as its streaming producer.
@@ -134,7 +141,9 @@ class StreamOutput:
             return
         self._queue.append(data)
         self._bytes += len(data)
-        if self._bytes > self.max_lag and self._paused:
+        # Only a paused client can be behind: within a turn, a burst for one
+        # that keeps up is not lag.
+        if self._paused and self._bytes > self.max_lag:
             # Given up: the queue goes now (its memory with it); the owner
             # hears of it from flush, outside whatever loop is sending.
             self.overflowed = True
@@ -178,12 +187,19 @@ class StreamOutput:
         self._bytes = 0
 
     def _send(self) -> None:
-        """Plain TCP: ``sendmsg`` the queued frames as they are."""
+        """Plain TCP: send the queued frames, joined if few, else as they are."""
         queue = self._queue
         socket = self._socket
         try:
             if len(queue) == 1:
                 sent = socket.send(queue[0])
+            elif self._bytes <= JOIN:
+                # A turn's frames for a client that keeps up: one copy in C
+                # is cheaper than sendmsg's work per buffer.
+                joined = b"".join(queue)
+                queue.clear()
+                queue.append(joined)
+                sent = socket.send(joined)
             else:
                 sent = socket.sendmsg(list(islice(queue, IOV_MAX)))
         except OSError as e:
@@ -191,6 +207,11 @@ class StreamOutput:
                 self._drop()  # the connection is gone: the reactor will say so
                 return
             sent = 0
+        if sent == self._bytes:
+            # All of it (the common case): no walk over the frames.
+            queue.clear()
+            self._bytes = 0
+            return
         self._bytes -= sent
         while sent:
             head = queue[0]
@@ -236,6 +257,8 @@ class StreamOutput:
         self._paused = True
 
     def resumeProducing(self) -> None:
+        if self.overflowed:
+            return  # given up: stays paused, writes nothing more
         self._paused = False
         if self._queue and not self._dirty:
             self.flush()

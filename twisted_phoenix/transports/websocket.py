@@ -61,6 +61,13 @@ __all__ = [
     "ws_frame",
 ]
 
+# Autobahn's connection states, read on every frame in and every delivery
+# out: a class attribute read through the instance is not specialised by
+# CPython 3.11 and, over thousands of connections, costs as much as the
+# rest of a delivery.
+_CONNECTING = WebSocketServerProtocol.STATE_CONNECTING
+_OPEN = WebSocketServerProtocol.STATE_OPEN
+
 txaio.use_twisted()
 
 #: Our own lines about clients (the protocol's ``log`` is Autobahn's txaio
@@ -284,9 +291,9 @@ class PhoenixServerProtocol(WebSocketServerProtocol):
         head = self.request_head
         if head is not None:
             self.request_head = None
-            if self.state == self.STATE_CONNECTING and self._handshake(head, data):
+            if self.state == _CONNECTING and self._handshake(head, data):
                 return
-        if self.state == self.STATE_OPEN and not self.data and self.current_frame is None and not self.inside_message:
+        if self.state == _OPEN and not self.data and self.current_frame is None and not self.inside_message:
             # The common case, a read of whole unfragmented data frames,
             # goes straight to onMessage; anything else (control frames,
             # fragments, a frame split across reads, large frames) is
@@ -334,7 +341,7 @@ class PhoenixServerProtocol(WebSocketServerProtocol):
                     break  # Autobahn fails it with 1007
             pos = end
             self.onMessage(payload, first == 0x82)
-            if self.state != self.STATE_OPEN:
+            if self.state != _OPEN:
                 return b""
         return data[pos:] if pos else data
 
@@ -409,7 +416,7 @@ class PhoenixServerProtocol(WebSocketServerProtocol):
         what is queued in one reactor turn goes out in one write.
         """
         output = self.output
-        if output is None or self.state != self.STATE_OPEN:
+        if output is None or self.state != _OPEN:
             return
         wire = frame.wire
         if wire is None:
