@@ -18,6 +18,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from twisted_phoenix._output import BATCH, JOIN, Flusher, StreamOutput
+from twisted_phoenix.serializers import Frame
 
 from ._client import capture_logs
 
@@ -180,6 +181,27 @@ class StreamOutputMemoryTests(SynchronousTestCase):
         output.send(b"after")
         clock.advance(0)
         self.assertEqual(transport.value(), b"left")
+
+    def test_sendFrameFramesOnceAndStopsWhenClosed(self) -> None:
+        """send_frame frames a Frame once for every output; nothing once the output is not open, or stopped."""
+        output, transport, clock, _ = _memory_output()
+        other, other_transport, other_clock, _ = _memory_output()
+        frame = Frame(b"hi", False)
+        output.send_frame(frame)
+        other.send_frame(frame)
+        self.assertEqual(frame.wire, b"\x81\x02hi")
+        clock.advance(0)
+        other_clock.advance(0)
+        self.assertEqual((transport.value(), other_transport.value()), (b"\x81\x02hi", b"\x81\x02hi"))
+        output.open = False
+        output.send_frame(Frame(b"late", False))
+        other.stop()
+        self.assertFalse(other.open)
+        other.send_frame(Frame(b"late", False))
+        clock.advance(0)
+        other_clock.advance(0)
+        self.assertEqual((output.lag, other.lag), (0, 0))
+        self.assertEqual((transport.value(), other_transport.value()), (b"\x81\x02hi", b"\x81\x02hi"))
 
     def test_disconnectingDropsQueue(self) -> None:
         """Nothing is written once the transport is closing."""

@@ -251,7 +251,7 @@ class BroadcastTests(_Served, TestCase):
         yield client.join_and_ping("ping:burst", "3")
         writes: list[bytes] = []
         [subscriber] = self.endpoint.pubsub.subscribers("ping:burst")
-        output = subscriber.fastlane.output
+        output = subscriber.fastlane  # the connection's output
         sock = output._socket  # a plain TCP connection: the output sends on the socket itself
 
         class Recording:
@@ -323,6 +323,20 @@ class ClosingTests(_Served, TestCase):
         self.assertEqual(self.endpoint.pubsub.subscribers("rec:a"), ())
         self.assertFalse(self.logs.find("connection lost without a closing handshake"))
 
+
+    @inlineCallbacks
+    def test_noBroadcastAfterCloseFrame(self) -> None:
+        """Once the server has sent its close frame, a broadcast to a channel still subscribed sends nothing after it."""
+        client = yield self.connect()
+        yield client.join_and_ping("ping", "1")
+        [subscriber] = self.endpoint.pubsub.subscribers("ping")
+        connection = subscriber.session.connection
+        connection.sendCloseFrame(1000)
+        self.assertFalse(connection.broadcast_output.open)
+        self.endpoint.broadcast("ping", "late", {})
+        was_clean, code, _ = yield client.closed
+        self.assertEqual((was_clean, code), (True, 1000))
+        self.assertEqual(client.pending_frames, 0)
 
 class ConnectInfoTests(_Served, TestCase):
     """

@@ -127,7 +127,7 @@ class ChannelServer:
         self.join_ref = join_ref
         #: Replies and pushes carry the join's ref when the client sent no join_ref.
         self.reply_join_ref = ref if join_ref is None else join_ref
-        self.fastlane = session.connection
+        self.fastlane = getattr(session.connection, "broadcast_output", session.connection)
         self.serializer = session.serializer
         self.intercepts = _intercepts(channel_class)
         self.state = JOINING

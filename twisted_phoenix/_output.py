@@ -2,8 +2,10 @@
 """
 What waits to be written to one connection, and the per-turn flusher.
 
-A broadcast is encoded and framed once; every subscriber's :class:`Output`
-then holds a *reference* to the same bytes.  An output hands its queue to
+A broadcast is encoded and framed once; every subscriber's
+:class:`StreamOutput` then holds a *reference* to the same bytes (the output
+is the subscriber's fastlane: a broadcast reaches it without touching the
+connection's protocol object).  An output hands its queue to
 the socket only as fast as the socket drains (it is the transport's
 streaming producer), so a client that stops reading costs the server a
 queue of references to frames that exist anyway, never a private copy of
@@ -18,20 +20,35 @@ to flush is logged and never reaches another's.
 from __future__ import annotations
 
 import errno
+import struct
 from collections import deque
 from itertools import islice
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.internet import tcp
 from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
-__all__ = ["BATCH", "IOV_MAX", "JOIN", "Flusher", "StreamOutput"]
+if TYPE_CHECKING:
+    from .serializers import Frame
+
+__all__ = ["BATCH", "IOV_MAX", "JOIN", "Flusher", "StreamOutput", "ws_frame"]
 
 #: The most bytes an output joins into one write to a transport it does not
 #: write to directly (TLS): that transport copies what it buffers.
 BATCH = 32 * 1024
+
+
+def ws_frame(data: bytes, binary: bool) -> bytes:
+    """Frame ``data`` as one unmasked, unfragmented server message."""
+    first = 0x82 if binary else 0x81
+    size = len(data)
+    if size < 126:
+        return bytes((first, size)) + data
+    if size < 65536:
+        return struct.pack("!BBH", first, 126, size) + data
+    return struct.pack("!BBQ", first, 127, size) + data
 
 
 class Flusher:
@@ -102,6 +119,7 @@ class StreamOutput:
         "max_lag",
         "on_overflow",
         "overflowed",
+        "open",
         "_queue",
         "_bytes",
         "_paused",
@@ -118,6 +136,10 @@ class StreamOutput:
         self.on_overflow = on_overflow
         #: Set once the client fell more than max_lag behind.
         self.overflowed = False
+        #: Whether :meth:`send_frame` still takes messages: the owner clears
+        #: it when the WebSocket starts closing; :meth:`stop` and a lost
+        #: connection clear it too.
+        self.open = True
         self._queue: deque[Any] = deque()
         self._bytes = 0
         self._paused = False
@@ -134,6 +156,18 @@ class StreamOutput:
     def lag(self) -> int:
         """Bytes waiting here for the client."""
         return self._bytes
+
+    def send_frame(self, frame: Frame) -> None:
+        """
+        Queue a message: ``frame`` framed once, however many connections it
+        goes to.  Dropped once the WebSocket is no longer :attr:`open`.
+        """
+        if not self.open:
+            return
+        wire = frame.wire
+        if wire is None:
+            wire = frame.wire = ws_frame(frame.data, frame.binary)
+        self.send(wire)
 
     def send(self, data: bytes) -> None:
         """Queue ``data`` (kept by reference) for the end of this turn."""
@@ -176,6 +210,7 @@ class StreamOutput:
         queue = [bytes(data) for data in self._queue]
         self._drop()
         self._paused = True
+        self.open = False
         transport = self.transport
         if transport.producer is self:
             transport.unregisterProducer()
@@ -265,6 +300,7 @@ class StreamOutput:
 
     def stopProducing(self) -> None:
         self._paused = True
+        self.open = False
         self._drop()
 
 

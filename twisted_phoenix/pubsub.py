@@ -35,6 +35,11 @@ __all__ = ["Adapter", "Connection", "InterestAdapter", "PubSub", "Subscriber", "
 class Connection(Protocol):
     """
     What the session layer needs of a transport: send a frame, close.
+
+    A connection may also have a ``broadcast_output``: a lighter object with
+    the same ``send_frame``, which its channels' fastlane broadcasts go to
+    instead (the WebSocket transport's output); without one, they go to the
+    connection.
     """
 
     def send_frame(self, frame: Frame) -> None:

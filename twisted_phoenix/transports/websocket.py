@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import struct
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -43,7 +42,7 @@ from .._handshake import (
     path_params,
     refused_event,
 )
-from .._output import StreamOutput
+from .._output import StreamOutput, ws_frame
 from .._session import Session
 from ..serializers import DecodeError, Frame
 from ..socket import Socket
@@ -88,17 +87,6 @@ CLOSE_SERVICE_RESTART = 1012
 #: Frames up to this size are parsed and unmasked by the transport itself;
 #: Autobahn handles larger ones (and everything else).
 FAST_FRAME = 16 * 1024
-
-
-def ws_frame(data: bytes, binary: bool) -> bytes:
-    """Frame ``data`` as one unmasked, unfragmented server message."""
-    first = 0x82 if binary else 0x81
-    size = len(data)
-    if size < 126:
-        return bytes((first, size)) + data
-    if size < 65536:
-        return struct.pack("!BBH", first, 126, size) + data
-    return struct.pack("!BBQ", first, 127, size) + data
 
 
 class PhoenixServerProtocol(WebSocketServerProtocol):
@@ -281,6 +269,8 @@ class PhoenixServerProtocol(WebSocketServerProtocol):
             self.drain()
             return
         self.output = StreamOutput(self.transport, endpoint.flusher, endpoint.max_lag, self._fell_behind)
+        #: Where fastlane broadcasts go (``Connection.broadcast_output``).
+        self.broadcast_output = self.output
         self._fast_limit = min(FAST_FRAME, self.factory.endpoint.max_frame_size)
         self.factory.idle.add(self)
 
@@ -416,12 +406,8 @@ class PhoenixServerProtocol(WebSocketServerProtocol):
         what is queued in one reactor turn goes out in one write.
         """
         output = self.output
-        if output is None or self.state != _OPEN:
-            return
-        wire = frame.wire
-        if wire is None:
-            wire = frame.wire = ws_frame(frame.data, frame.binary)
-        output.send(wire)
+        if output is not None and self.state == _OPEN:
+            output.send_frame(frame)
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
         # Autobahn's own frames (pong, close) go after what is queued, at once.
@@ -452,6 +438,13 @@ class PhoenixServerProtocol(WebSocketServerProtocol):
             self._limited().info("Closing a connection ({code}): {reason}", code=code, reason=truncate(reason))
             self._dropped("too_large" if code == 1009 else "protocol")
         super()._fail_connection(code, "")
+
+    def sendCloseFrame(self, code: int | None = None, reasonUtf8: bytes | None = None, isReply: bool = False) -> None:
+        # The WebSocket is closing from here on: broadcasts stop at the
+        # output (the fastlane), as every other frame stops in send_frame.
+        if self.output is not None:
+            self.output.open = False
+        super().sendCloseFrame(code, reasonUtf8, isReply)
 
     def _closeConnection(self, abort: bool = False) -> None:
         # A paused producer would keep loseConnection waiting.
