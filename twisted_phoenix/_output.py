@@ -83,10 +83,9 @@ class Flusher:
 #: Buffers handed to one ``sendmsg`` (Linux's IOV_MAX is 1024).
 IOV_MAX = 512
 
-#: A queue of at most this many bytes is joined and sent in one piece; a
-#: larger one goes to ``sendmsg`` frame by frame, shared, never copied.  So a
-#: client that falls behind holds at most this much of its own, however
-#: large the broadcasts waiting for it.
+#: A queue of at most this many bytes is joined for one ``send``; a larger
+#: one goes to ``sendmsg`` frame by frame.  Either way what the kernel does
+#: not take stays queued as references to the shared frames.
 JOIN = 16 * 1024
 
 
@@ -95,11 +94,11 @@ class StreamOutput:
     """
     The pending output of one stream connection (a WebSocket over TCP or TLS).
 
-    On a plain TCP connection the output writes to the socket itself: a
-    turn's frames joined when they are few (at most :data:`JOIN` bytes),
-    else with ``sendmsg`` over the shared frames, uncopied; what the kernel
-    does not take stays here until the socket drains, as references to the
-    shared frames but for at most one joined piece.  On any other transport
+    On a plain TCP connection the output writes to the socket itself (a
+    turn's frames joined for the call when they are few, at most
+    :data:`JOIN` bytes, else with ``sendmsg`` over the shared frames); what
+    the kernel does not take stays here until the socket drains, as
+    references to the shared frames, never a copy.  On any other transport
     (TLS) it writes through the transport, in batches of at most
     :data:`BATCH` bytes, while the transport does not pause it.
 
@@ -229,12 +228,10 @@ class StreamOutput:
             if len(queue) == 1:
                 sent = socket.send(queue[0])
             elif self._bytes <= JOIN:
-                # A turn's frames for a client that keeps up: one copy in C
-                # is cheaper than sendmsg's work per buffer.
-                joined = b"".join(queue)
-                queue.clear()
-                queue.append(joined)
-                sent = socket.send(joined)
+                # A few small frames: one copy in C is cheaper than sendmsg's
+                # work per buffer.  The copy is for this call only: what the
+                # kernel does not take stays queued as the frames themselves.
+                sent = socket.send(b"".join(queue))
             else:
                 sent = socket.sendmsg(list(islice(queue, IOV_MAX)))
         except OSError as e:
