@@ -259,8 +259,8 @@ class ChatClusterTestCase(TestCase):
         state = yield self.browser.wait(page, status="joined")
         return state
 
-    def url(self, name: str, host: str = "127.0.0.1") -> str:
-        return f"http://{host}:{self.servers[name].port}/"
+    def url(self, name: str, host: str = "127.0.0.1", query: str = "") -> str:
+        return f"http://{host}:{self.servers[name].port}/{query}"
 
     def tearDown(self) -> None:
         if self.browser is not None:
@@ -319,6 +319,38 @@ class ChatTwoNodesTests(ChatClusterTestCase):
         yield browser.command("close", page="bob")
         state = yield browser.wait("alice", online=["alice"], event="bob left")
         self.assertEqual(state["events"], ["bob joined", "bob left"])
+
+    @defer.inlineCallbacks
+    def test_twoNodesLongPoll(self) -> None:
+        """Both pages on phoenix.js's LongPoll (``?transport=longpoll``), one per node: presence, messages and leaving cross the nodes."""
+        yield self.start_cluster()
+        browser = self.browser
+        assert browser is not None
+        state = yield self.open_joined("alice", "alice", self.url("a", query="?transport=longpoll"))
+        self.assertIn(f"on node {node('a')}", state["statusText"])
+        state = yield self.open_joined("bob", "bob", self.url("b", host="localhost", query="?transport=longpoll"))
+        self.assertIn(f"on node {node('b')}", state["statusText"])
+        yield browser.wait("alice", online=["alice", "bob"], event="bob joined")
+        yield browser.wait("bob", online=["alice", "bob"])
+        yield browser.command("send", page="alice", text="Polling from a")
+        yield browser.wait("bob", message={"name": "alice", "body": "Polling from a"})
+        yield browser.command("send", page="bob", text="Polling from b")
+        state = yield browser.wait("alice", messageCount=2)
+        self.assertEqual(state["messages"], [
+            {"name": "alice", "body": "Polling from a"},
+            {"name": "bob", "body": "Polling from b"},
+        ])
+        yield browser.command("type", page="bob", text="more")
+        yield browser.wait("alice", typing=["bob"], typingLine="bob is typing")
+        # A closed page stops polling: its session ends 1.5 windows (15 s)
+        # after its last poll, and bob leaves with it.
+        yield browser.command("close", page="bob")
+        yield browser.wait("alice", timeout=RECOVERY_TIMEOUT, online=["alice"], event="bob left")
+        # Every connection was a long-poll session, on both nodes.
+        for name in ("a", "b"):
+            output = self.servers[name].output()
+            self.assertIn("Transport: longpoll", output)
+            self.assertNotIn("Transport: websocket", output)
 
     @defer.inlineCallbacks
     def screenshots(self) -> Any:

@@ -4,8 +4,8 @@ What waits to be written to one connection, and the per-turn flusher.
 
 A broadcast is encoded and framed once; every subscriber's
 :class:`StreamOutput` then holds a *reference* to the same bytes (the output
-is the subscriber's fastlane: a broadcast reaches it without touching the
-connection's protocol object).  An output hands its queue to
+is where the subscriber's fastlane broadcasts go: they reach it without
+touching the connection's protocol object).  An output hands its queue to
 the socket only as fast as the socket drains (it is the transport's
 streaming producer), so a client that stops reading costs the server a
 queue of references to frames that exist anyway, never a private copy of

@@ -60,10 +60,10 @@ __all__ = [
     "ws_frame",
 ]
 
-# Autobahn's connection states, read on every frame in and every delivery
-# out: a class attribute read through the instance is not specialised by
-# CPython 3.11 and, over thousands of connections, costs as much as the
-# rest of a delivery.
+# Autobahn's connection states, read on every frame in and out: as module
+# constants they are one global load, where a class attribute read through
+# the instance is a full attribute lookup (CPython 3.11 does not specialise
+# it).
 _CONNECTING = WebSocketServerProtocol.STATE_CONNECTING
 _OPEN = WebSocketServerProtocol.STATE_OPEN
 

@@ -1,7 +1,7 @@
 // The chat page: a phoenix.js Socket, one channel for the room, and
 // phoenix.js's Presence for who is online.  Every text from the server is
 // shown with textContent, never as HTML.
-import { Presence, Socket } from "/phoenix/phoenix.mjs";
+import { LongPoll, Presence, Socket } from "/phoenix/phoenix.mjs";
 
 const ROOM = "room:lobby";
 // "typing" goes back to false after this long without a keystroke...
@@ -28,7 +28,10 @@ const ui = {
 };
 
 // "/socket": this page's own host and port (ws:// or wss:// as the page).
-const socket = new Socket("/socket");
+// "?transport=longpoll" in the page's address: phoenix.js's long-poll
+// transport, as where WebSockets are blocked.
+const transport = new URLSearchParams(window.location.search).get("transport");
+const socket = new Socket("/socket", transport === "longpoll" ? { transport: LongPoll } : {});
 let channel = null;
 let presence = null;
 let me = null;
