@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, NamedTuple
 from urllib.parse import parse_qsl, unquote
 
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -37,7 +37,6 @@ __all__ = [
     "HandshakeRequest",
     "Refusal",
     "check_origin",
-    "connect",
     "connect_info",
     "connect_now",
     "filter_params",
@@ -188,29 +187,6 @@ def check_origin(
         raise Refusal(403, "Forbidden")
 
 
-def connect(
-    endpoint: Endpoint,
-    socket_class: type[Socket],
-    *,
-    params: dict[str, Any],
-    info: dict[str, Any],
-    serializers: Any,
-    transport: str,
-) -> Deferred[Connected]:
-    """
-    Choose the serializer by ``params["vsn"]``, then run the user socket's
-    ``connect(params, info)`` and ``id()``.
-
-    :param transport: the transport's name for the log (``"websocket"``,
-        ``"longpoll"``).
-    :returns: a Deferred firing with :class:`Connected`, or failing with
-        :class:`Refusal`.
-    """
-    return maybeDeferred(
-        connect_now, endpoint, socket_class, params=params, info=info, serializers=serializers, transport=transport
-    )
-
-
 def connect_now(
     endpoint: Endpoint,
     socket_class: type[Socket],
@@ -221,10 +197,16 @@ def connect_now(
     transport: str,
 ) -> Connected | Deferred[Connected]:
     """
-    :func:`connect`, without a Deferred when the socket's ``connect``
-    answers at once (the usual case, and the handshake's hot path): returns
-    :class:`Connected` or raises :class:`Refusal`; a Deferred only when
-    ``connect`` returned one.
+    Choose the serializer by ``params["vsn"]``, then run the user socket's
+    ``connect(params, info)`` and ``id()``.
+
+    Without a Deferred when the socket's ``connect`` answers at once (the
+    usual case, and the handshake's hot path): returns :class:`Connected`
+    or raises :class:`Refusal`; a Deferred only when ``connect`` returned
+    one (wrap the call in ``maybeDeferred`` for a Deferred always).
+
+    :param transport: the transport's name for the log (``"websocket"``,
+        ``"longpoll"``).
     """
     try:
         serializer = select_serializer(params.get("vsn"), serializers)

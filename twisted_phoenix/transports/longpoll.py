@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import parse_qsl
 
 import orjson
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
@@ -57,7 +57,7 @@ from .._handshake import (
     HandshakeRequest,
     Refusal,
     check_origin,
-    connect,
+    connect_now,
     connect_info,
     params_from_pairs,
     path_params,
@@ -728,8 +728,8 @@ class LongPoll(Resource):
             info["auth_token"] = headers["x-phoenix-authtoken"]
         params = params_from_pairs(pairs)
         params.update(path_params(self.mount, path))
-        d: Deferred[Connected] = connect(
-            self.endpoint, self.socket_class, params=params, info=info,
+        d: Deferred[Connected] = maybeDeferred(
+            connect_now, self.endpoint, self.socket_class, params=params, info=info,
             serializers=self.serializers, transport="longpoll",
         )
 
