@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import secrets
 import shutil
 import signal
 import sys
@@ -306,3 +307,32 @@ def start(spec: Spec, logdir: str, tag: str, options: list[str] = (), port: int 
     except BaseException:
         server.stop()
         raise
+
+
+def start_mesh(logdir: str, tag: str, keys: tuple[str, ...] | list[str], options: list[str] = ()) -> dict[str, Server]:
+    """
+    ``twistd -n phoenix`` nodes named ``<key>@127.0.0.1`` (lower case) with
+    ``options``, linked by Perspective Broker through a port mapper and a
+    cookie of their own: every node but the first connects to the first.
+    """
+    epmd, cookie = free_port(), secrets.token_hex(16)
+    first = f"{keys[0].lower()}@127.0.0.1"
+    nodes: dict[str, Server] = {}
+    try:
+        for key in keys:
+            argv = ["--name", f"{key.lower()}@127.0.0.1", "--cookie", cookie, "--epmd-port", str(epmd), *options]
+            if key != keys[0]:
+                argv += ["--connect", first]
+            nodes[key] = start(SPECS["phoenix"], logdir, f"{tag}-{key}", argv)
+    except BaseException:
+        stop_all(nodes)
+        raise
+    return nodes
+
+
+def stop_all(nodes: dict[str, Server]) -> None:
+    """Stop every node at once (each says goodbye to its peers), then wait for each."""
+    for node in nodes.values():
+        node.terminate()
+    for node in nodes.values():
+        node.stop()

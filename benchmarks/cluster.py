@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import secrets
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -53,7 +52,7 @@ from typing import Any, Callable
 from benchmarks import _cli, _pyspy, _report
 from benchmarks._loadgen import Generator
 from benchmarks._proc import BenchmarkError, Child, free_port
-from benchmarks._servers import SPECS, Server, start
+from benchmarks._servers import SPECS, Server, start, start_mesh, stop_all
 
 NAME = "cluster"
 HELP = "deliveries/s and added latency of a broadcast through a 3-node cluster vs one node"
@@ -157,12 +156,7 @@ class Topology:
                 self.nodes[key] = start(SPECS["phoenix"], self.logdir, f"{self.tag}-{key}", options)
             return
         # The nodes' own port mapper port and cookie: nothing else on the machine is touched.
-        epmd, cookie = free_port(), secrets.token_hex(16)
-        for key in ("A", "B", "T"):
-            options = ["--name", f"{key.lower()}@127.0.0.1", "--cookie", cookie, "--epmd-port", str(epmd)]
-            if key != "A":
-                options += ["--connect", "a@127.0.0.1"]
-            self.nodes[key] = start(SPECS["phoenix"], self.logdir, f"{self.tag}-{key}", options)
+        self.nodes = start_mesh(self.logdir, self.tag, ("A", "B", "T"))
 
     @property
     def settings(self) -> str:
@@ -185,10 +179,7 @@ class Topology:
         return {key: node.cpu() for key, node in self.nodes.items()}
 
     def stop(self) -> None:
-        for node in self.nodes.values():
-            node.terminate()  # every node at once: each says goodbye to its peers
-        for node in self.nodes.values():
-            node.stop()
+        stop_all(self.nodes)
         if self.redis is not None:
             self.redis.kill()
             self.redis = None

@@ -46,7 +46,6 @@ import argparse
 import collections
 import os
 import re
-import secrets
 import shutil
 import statistics
 import subprocess
@@ -56,8 +55,8 @@ from typing import Any
 
 from benchmarks import _cli, _report
 from benchmarks._loadgen import Generator
-from benchmarks._proc import BenchmarkError, free_port
-from benchmarks._servers import SPECS, Server, start
+from benchmarks._proc import BenchmarkError
+from benchmarks._servers import Server, start_mesh, stop_all
 
 NAME = "interest"
 HELP = "interest routing on the cluster links, off vs on: bytes and CPU on a node without subscribers"
@@ -146,13 +145,7 @@ class Topology:
         return ["--event-rate", "none", *(["--no-interest-routing"] if self.mode == "off" else [])]
 
     def start(self) -> None:
-        epmd, cookie = free_port(), secrets.token_hex(16)
-        for key in KEYS:
-            options = ["--name", f"{key.lower()}@127.0.0.1", "--cookie", cookie, "--epmd-port", str(epmd),
-                       *self.options]
-            if key != "A":
-                options += ["--connect", "a@127.0.0.1"]
-            self.nodes[key] = start(SPECS["phoenix"], self.logdir, f"{self.tag}-{key}", options)
+        self.nodes = start_mesh(self.logdir, self.tag, KEYS, self.options)
         self._wait_linked()
 
     def _wait_linked(self) -> None:
@@ -187,10 +180,7 @@ class Topology:
         return received_bytes({key: node.pid for key, node in self.nodes.items()})
 
     def stop(self) -> None:
-        for node in self.nodes.values():
-            node.terminate()
-        for node in self.nodes.values():
-            node.stop()
+        stop_all(self.nodes)
 
 
 def measure(ws: _cli.Run, opts: argparse.Namespace, mode: str, run: int) -> Result:

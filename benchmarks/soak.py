@@ -29,15 +29,14 @@ before.  A node that exits ends the soak, reported.
 from __future__ import annotations
 
 import argparse
-import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from benchmarks import _cli, _report
 from benchmarks._loadgen import Generator
-from benchmarks._proc import BenchmarkError, free_port
-from benchmarks._servers import SPECS, Server, start
+from benchmarks._proc import BenchmarkError
+from benchmarks._servers import Server, start_mesh, stop_all
 
 NAME = "soak"
 HELP = "a two-node cluster under joins, pushes, leaves, reconnects and cross-node broadcasts, for an hour"
@@ -119,12 +118,7 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         parser.error("--minutes, --subscribers and --report-every must be positive")
     need = 2 * (args.subscribers + args.churners) + 300
     with _cli.workspace(args, need_files=need) as ws:
-        epmd, cookie = free_port(), secrets.token_hex(16)
-        nodes: dict[str, Server] = {}
-        common = ["--cookie", cookie, "--epmd-port", str(epmd)]
-        nodes["a"] = start(SPECS["phoenix"], ws.logdir, "soak-a", ["--name", "a@127.0.0.1", *common])
-        nodes["b"] = start(SPECS["phoenix"], ws.logdir, "soak-b",
-                           ["--name", "b@127.0.0.1", *common, "--connect", "a@127.0.0.1"])
+        nodes = start_mesh(ws.logdir, "soak", ("a", "b"))
         settings = "--name a@127.0.0.1 / b@127.0.0.1 --cookie C --epmd-port P; b: --connect a@127.0.0.1"
         print(f"soak: {args.minutes:g} minutes; nodes a and b ({settings}); per node {args.subscribers} "
               f"subscribers of ping:soak, a broadcast every {args.interval:g} ms, {args.churners} churning clients",
@@ -157,10 +151,7 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
                     break
             g.stop()
         finally:
-            for node in nodes.values():
-                node.terminate()  # both at once: each says goodbye to the other
-            for node in nodes.values():
-                node.stop()
+            stop_all(nodes)
         print()
         print(f"soak: {minutes[-1].at_seconds / 60:.1f} minutes, one row every {args.report_every:g} s")
         print(_report.rst_table(HEADER, [row(m) for m in minutes]))
