@@ -16,12 +16,25 @@ import sys
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 from benchmarks import _report
 from benchmarks._loadgen import ensure_node_modules
 from benchmarks._proc import BenchmarkError, Child, raise_nofile
 from benchmarks._servers import SPECS, Spec, external_spec
+
+T = TypeVar("T")
+
+
+def interleaved(runs: int, items: Sequence[T]) -> Iterator[tuple[int, T]]:
+    """
+    ``(run, item)`` for runs 1 to ``runs``, every item once a run, the order
+    rotated run by run, so that a noisy moment falls on each item alike.
+    """
+    for run in range(1, runs + 1):
+        k = (run - 1) % len(items)
+        for item in (*items[k:], *items[:k]):
+            yield run, item
 
 
 def split(text: str) -> tuple[str, ...]:

@@ -417,12 +417,10 @@ def run_cluster(ws: _cli.Run, opts: argparse.Namespace, workloads: tuple[str, ..
     )
     results: list[Result] = []
     started = time.monotonic()
-    for run in range(1, opts.runs + 1):
-        k = (run - 1) % len(workloads)
-        for w in workloads[k:] + workloads[:k]:
-            r = measure(ws, opts, w, run)
-            print_run(r)
-            results.append(r)
+    for run, w in _cli.interleaved(opts.runs, workloads):
+        r = measure(ws, opts, w, run)
+        print_run(r)
+        results.append(r)
     print()
     print(
         f"cluster: {opts.clients:,} subscribers x {opts.broadcasts} broadcasts; latency "

@@ -266,12 +266,10 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
               f"{args.message_bytes} B, {args.runs} runs, {args.generators} generator process(es)", flush=True)
         results: list[Result] = []
         started = time.monotonic()
-        for n in range(1, args.runs + 1):
-            k = (n - 1) % len(specs)
-            for spec in specs[k:] + specs[:k]:
-                r = measure(ws, args, spec, n)
-                print_run(r)
-                results.append(r)
+        for n, spec in _cli.interleaved(args.runs, specs):
+            r = measure(ws, args, spec, n)
+            print_run(r)
+            results.append(r)
         print()
         print(f"fanout: {args.clients:,} clients, {args.broadcasts} broadcasts, median of {args.runs} runs "
               f"({time.monotonic() - started:.0f} s)")

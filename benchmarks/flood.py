@@ -132,12 +132,10 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         print(f"flood: one client pushes ping as fast as its socket takes them for {args.seconds:g} s; a canary "
               f"pushes ping every {args.canary_interval:g} ms", flush=True)
         results: list[Result] = []
-        for n in range(1, args.runs + 1):
-            k = (n - 1) % len(specs)
-            for spec in specs[k:] + specs[:k]:
-                r = measure(ws, args, spec, n)
-                print_run(r)
-                results.append(r)
+        for n, spec in _cli.interleaved(args.runs, specs):
+            r = measure(ws, args, spec, n)
+            print_run(r)
+            results.append(r)
         print(f"\nflood: {args.seconds:g} s")
         print(table(results, specs))
         print("target: the canary's median reply latency at most 10 ms during the flood")

@@ -294,12 +294,10 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
               f"{args.message_bytes} B from T, nobody on C; {args.runs} runs of {', '.join(modes)}", flush=True)
         results: list[Result] = []
         started = time.monotonic()
-        for n in range(1, args.runs + 1):
-            k = (n - 1) % len(modes)
-            for mode in modes[k:] + modes[:k]:
-                r = measure(ws, args, mode, n)
-                print_run(r, args.broadcasts)
-                results.append(r)
+        for n, mode in _cli.interleaved(args.runs, modes):
+            r = measure(ws, args, mode, n)
+            print_run(r, args.broadcasts)
+            results.append(r)
         print()
         print(f"interest: median of {args.runs} runs ({time.monotonic() - started:.0f} s); CPU and bytes received "
               f"over the fan-out of {args.broadcasts:,} broadcasts")

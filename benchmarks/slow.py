@@ -167,12 +167,10 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
               f"{'back to back' if not args.rate else f'at {args.rate:g}/s'}, then {args.fresh:,} fresh clients",
               flush=True)
         results: list[Result] = []
-        for n in range(1, args.runs + 1):
-            k = (n - 1) % len(specs)
-            for spec in specs[k:] + specs[:k]:
-                r = measure(ws, args, spec, n)
-                print_run(r)
-                results.append(r)
+        for n, spec in _cli.interleaved(args.runs, specs):
+            r = measure(ws, args, spec, n)
+            print_run(r)
+            results.append(r)
         print(f"\nslow: {args.healthy:,} healthy, {args.stalled:,} stalled, {args.broadcasts:,} x "
               f"{args.message_bytes:,} B")
         print(table(results, specs))

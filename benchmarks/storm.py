@@ -307,12 +307,10 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
                   f" over {gens} generator process(es); a canary heartbeats every {args.canary_interval:g} ms; "
                   f"a client not joined after {args.timeout:g} s never joined", flush=True)
         results: list[Result] = []
-        for n in range(1, args.runs + 1):
-            k = (n - 1) % len(specs)
-            for spec in specs[k:] + specs[:k]:
-                r = (measure_herd if args.herd else measure_storm)(ws, args, spec, n)
-                print_run(r)
-                results.append(r)
+        for n, spec in _cli.interleaved(args.runs, specs):
+            r = (measure_herd if args.herd else measure_storm)(ws, args, spec, n)
+            print_run(r)
+            results.append(r)
         print(f"\n{what}: {args.clients:,} clients")
         print(table(results, specs))
         if not args.herd:
