@@ -220,6 +220,23 @@ class Client:
         return orjson.loads(data)
 
     @defer.inlineCallbacks
+    def frames_until(self, done: Callable[[Any], bool], what: str, timeout: float = DEFAULT_TIMEOUT) -> Any:
+        """Read JSON frames until ``done(frame)``; fires with every frame read, or fails after ``timeout``."""
+        frames: list[Any] = []
+        deadline = self.reactor.seconds() + timeout
+        while True:
+            left = deadline - self.reactor.seconds()
+            if left <= 0:
+                raise AssertionError(f"no {what} within {timeout} s; got {frames[-5:]!r}")
+            try:
+                frame = yield self.next_json(left)
+            except defer.TimeoutError:
+                raise AssertionError(f"no {what} within {timeout} s; got {frames[-5:]!r}") from None
+            frames.append(frame)
+            if done(frame):
+                return frames
+
+    @defer.inlineCallbacks
     def request(self, message: Any, timeout: float = DEFAULT_TIMEOUT) -> Any:
         """Send ``message`` as JSON and return the next frame, decoded."""
         self.send_json(message)

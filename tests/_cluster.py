@@ -31,7 +31,9 @@ __all__ = [
     "LogWatcher",
     "RelayEndpoint",
     "StreamEndpoint",
+    "TapOptionsMixin",
     "ClusterPKI",
+    "bindable",
     "free_port",
     "start_node",
     "run_console",
@@ -49,6 +51,16 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def bindable(address: str, port: int = 0) -> bool:
+    """Whether ``address:port`` can be listened on now (a loopback alias such as 127.0.0.2 may not be)."""
+    with socket.socket() as s:
+        try:
+            s.bind((address, port))
+        except OSError:
+            return False
+    return True
 
 
 # -- waiting ---------------------------------------------------------------------------
@@ -434,3 +446,29 @@ class StreamEndpoint(HelloSocketsEndpoint):
         self._loop = LoopingCall(tick)
         self._loop.clock = self.reactor
         self._loop.start(batch / float(payload["rate"]))
+
+
+class TapOptionsMixin:
+    """
+    For tests of ``twistd phoenix``'s options: an environment without the
+    cluster's variables (and with a secret), and :meth:`parse`.
+    """
+
+    def setUp(self) -> None:
+        from unittest import mock
+
+        patcher = mock.patch.dict("os.environ")
+        patcher.start()
+        self.addCleanup(patcher.stop)  # type: ignore[attr-defined]
+        for name in ("PHOENIX_EPMD_PORT", "PHOENIX_COOKIE", "PORT", "PHOENIX_ENV"):
+            os.environ.pop(name, None)
+        os.environ["SECRET_KEY_BASE"] = "s" * 64
+
+    def parse(self, *argv: str) -> Any:
+        """The plugin's options, parsed from ``argv``."""
+        from twisted_phoenix.tap import Options
+
+        options = Options()
+        options.parseOptions(list(argv))
+        return options
+

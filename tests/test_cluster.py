@@ -28,7 +28,7 @@ from twisted_phoenix.cluster.tls import channel_binding
 from twisted_phoenix.cluster.node import Node
 from twisted_phoenix.pubsub import CallbackSubscriber, PubSub
 
-from ._cluster import COOKIE, Collector, ClusterPKI, free_port, start_node, wait_interest, wait_until, watch_logs
+from ._cluster import COOKIE, Collector, ClusterPKI, TapOptionsMixin, free_port, start_node, wait_interest, wait_until, watch_logs
 
 #: Bound on any one wait in these tests.
 TIMEOUT = 10.0
@@ -753,27 +753,8 @@ def _buffered(transport: Any) -> int:
     return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
 
 
-class TapClusterOptionsTests(SynchronousTestCase):
+class TapClusterOptionsTests(TapOptionsMixin, SynchronousTestCase):
     """The cluster options of ``twistd phoenix``."""
-
-    def setUp(self) -> None:
-        from unittest import mock
-
-        patcher = mock.patch.dict("os.environ")
-        patcher.start()
-        self.addCleanup(patcher.stop)
-        import os
-
-        for name in ("PHOENIX_EPMD_PORT", "PHOENIX_COOKIE", "PORT", "PHOENIX_ENV"):
-            os.environ.pop(name, None)
-        os.environ["SECRET_KEY_BASE"] = "s" * 64
-
-    def parse(self, *argv: str) -> Any:
-        from twisted_phoenix.tap import Options
-
-        options = Options()
-        options.parseOptions(list(argv))
-        return options
 
     def test_cluster_options(self) -> None:
         """--name makes a node; --connect repeats; the numbers are parsed."""

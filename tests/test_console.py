@@ -321,7 +321,7 @@ class ConsoleProcessTests(TestCase):
     @defer.inlineCallbacks
     def test_piped(self) -> None:
         """Piped statements run in turn, Deferreds awaited in order; errors are shown and input goes on."""
-        app = yield self.node()
+        yield self.node()
         stdin = (
             b"Node.list()\n"
             b"Node.connect('app@127.0.0.1')\n"

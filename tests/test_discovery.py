@@ -7,7 +7,6 @@ server in this process (``twisted.names``, on loopback UDP); the
 
 from __future__ import annotations
 
-import socket
 from typing import Any
 from unittest import mock
 
@@ -27,7 +26,7 @@ from twisted_phoenix.cluster.discovery import (
 )
 from twisted_phoenix.cluster.names import parse_node_name
 
-from ._cluster import free_port, watch_logs
+from ._cluster import TapOptionsMixin, bindable, free_port, watch_logs
 from ._dns import DNSServer
 
 
@@ -333,25 +332,11 @@ class DNSServerResolverTests(TestCase):
         self.assertEqual([c[0] for c in node.connects], ["app@10.9.0.2=10.9.0.2:9100", "app@10.9.0.3=10.9.0.3:9100"])
 
 
-class TapTests(SynchronousTestCase):
+class TapTests(TapOptionsMixin, SynchronousTestCase):
     """The twistd phoenix options of discovery and interest routing."""
 
-    def setUp(self) -> None:
-        patcher = mock.patch.dict("os.environ")
-        patcher.start()
-        self.addCleanup(patcher.stop)
-        import os
-
-        for name in ("PHOENIX_EPMD_PORT", "PHOENIX_COOKIE", "PORT", "PHOENIX_ENV"):
-            os.environ.pop(name, None)
-        os.environ["SECRET_KEY_BASE"] = "s" * 64
-
     def parse(self, *argv: str) -> Any:
-        from twisted_phoenix.tap import Options
-
-        options = Options()
-        options.parseOptions(["--cookie", "k", *argv])
-        return options
+        return super().parse("--cookie", "k", *argv)
 
     def test_defaults(self) -> None:
         """Without options: routing on, a 5 s linger, 100,000 topics; no discovery."""
@@ -415,20 +400,11 @@ class TapTests(SynchronousTestCase):
 
 
 
-def _bindable(address: str, port: int = 0) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind((address, port))
-        except OSError:
-            return False
-    return True
-
-
 class LoopbackAliasTests(TestCase):
     """Nodes on loopback aliases (127.0.0.2, ...): not in the port mapper, reached by address, meshed."""
 
     def setUp(self) -> None:
-        if not _bindable("127.0.0.2"):
+        if not bindable("127.0.0.2"):
             raise SkipTest("this machine cannot bind loopback aliases (127.0.0.2)")
         self.mapper_port = free_port()
         self.logs = watch_logs(self, reactor)
@@ -453,7 +429,7 @@ class LoopbackAliasTests(TestCase):
 
         port = free_port()
         for _ in range(20):
-            if all(_bindable(f"127.0.0.{i}", port) for i in (2, 3, 4)):
+            if all(bindable(f"127.0.0.{i}", port) for i in (2, 3, 4)):
                 break
             port = free_port()
         nodes = []

@@ -10,7 +10,6 @@ a node added to the name later is found too.
 
 from __future__ import annotations
 
-import socket
 from typing import Any
 
 import orjson
@@ -18,7 +17,7 @@ from twisted.internet import defer, reactor
 from twisted.trial.unittest import SkipTest, TestCase
 
 from ._client import connect
-from ._cluster import COOKIE, free_port
+from ._cluster import COOKIE, bindable, free_port
 from ._dns import DNSServer
 from ._server import ServerProcess, start_server
 
@@ -28,16 +27,6 @@ TIMEOUT = 30.0
 NODE_READY = "listening for cluster links"
 
 NAME = "app.phoenix.test"
-
-
-def bindable(address: str, port: int) -> bool:
-    """Whether ``address:port`` can be listened on now."""
-    with socket.socket() as s:
-        try:
-            s.bind((address, port))
-        except OSError:
-            return False
-    return True
 
 
 class DiscoveryProcessTests(TestCase):

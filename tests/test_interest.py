@@ -192,16 +192,22 @@ class FakeLink:
             d.callback(None)
 
 
+def _announcer(
+    test: SynchronousTestCase, links: list[Any] | None = None, **options: Any
+) -> tuple[InterestAnnouncer, Clock, list[Any]]:
+    """An announcer on a Clock telling ``links`` (one FakeLink by default), stopped at the test's end."""
+    clock = Clock()
+    links = [FakeLink()] if links is None else links
+    options.setdefault("linger", 5.0)
+    announcer = InterestAnnouncer(clock, lambda: links, **options)
+    test.addCleanup(announcer.stop)
+    return announcer, clock, links
+
+
 class InterestAnnouncerTests(SynchronousTestCase):
     """What a node tells its peers: its whole set to a new link, then changes, batched per reactor turn."""
 
-    def make(self, links: list[Any] | None = None, **options: Any) -> tuple[InterestAnnouncer, Clock, list[Any]]:
-        clock = Clock()
-        links = [FakeLink()] if links is None else links
-        options.setdefault("linger", 5.0)
-        announcer = InterestAnnouncer(clock, lambda: links, **options)
-        self.addCleanup(announcer.stop)
-        return announcer, clock, links
+    make = _announcer
 
     def test_add_in_the_same_turn(self) -> None:
         """A topic's first subscriber: the add goes out at the end of the turn (clock.advance(0))."""
@@ -362,13 +368,7 @@ class InterestAnnouncerTests(SynchronousTestCase):
 class PrepareTests(SynchronousTestCase):
     """InterestAnnouncer.prepare: a join's topic announced at once, and the peers' answers awaited."""
 
-    def make(self, links: list[Any] | None = None, **options: Any) -> tuple[InterestAnnouncer, Clock, list[Any]]:
-        clock = Clock()
-        links = [FakeLink()] if links is None else links
-        options.setdefault("linger", 5.0)
-        announcer = InterestAnnouncer(clock, lambda: links, **options)
-        self.addCleanup(announcer.stop)
-        return announcer, clock, links
+    make = _announcer
 
     def test_new_topic(self) -> None:
         """The add goes out at the end of the turn, asking for an answer; the join waits for it."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import random
-import re
 from collections import deque
 from typing import Any, Callable
 

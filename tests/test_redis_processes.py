@@ -99,22 +99,9 @@ class RedisNodesTestCase(TestCase):
         self.assertEqual(reply[3:], ["phx_reply", {"response": {}, "status": "ok"}])
         return client
 
-    @defer.inlineCallbacks
     def frames_until(self, client: Client, done: Callable[[Any], bool], what: str) -> Any:
         """Read frames until ``done(frame)``; fires with every frame read."""
-        frames = []
-        deadline = reactor.seconds() + TIMEOUT
-        while True:
-            left = deadline - reactor.seconds()
-            if left <= 0:
-                self.fail(f"no {what} within {TIMEOUT} s; got {frames[-5:]!r}")
-            try:
-                frame = yield client.next_json(left)
-            except defer.TimeoutError:
-                self.fail(f"no {what} within {TIMEOUT} s; got {frames[-5:]!r}")
-            frames.append(frame)
-            if done(frame):
-                return frames
+        return client.frames_until(done, what, TIMEOUT)
 
 
 class RedisProcessTests(RedisNodesTestCase):

@@ -108,22 +108,9 @@ class WorkersTestCase(TestCase):
                 found.setdefault(node, []).append(client)
         return found
 
-    @defer.inlineCallbacks
     def frames_until(self, client: Client, done: Callable[[Any], bool], what: str) -> Any:
         """Read frames until ``done(frame)``; fires with every frame read."""
-        frames: list[Any] = []
-        deadline = reactor.seconds() + TIMEOUT
-        while True:
-            left = deadline - reactor.seconds()
-            if left <= 0:
-                self.fail(f"no {what} within {TIMEOUT} s; got {frames[-5:]!r}")
-            try:
-                frame = yield client.next_json(left)
-            except defer.TimeoutError:
-                self.fail(f"no {what} within {TIMEOUT} s; got {frames[-5:]!r}")
-            frames.append(frame)
-            if done(frame):
-                return frames
+        return client.frames_until(done, what, TIMEOUT)
 
     @defer.inlineCallbacks
     def assertShoutReaches(self, sender: Client, receivers: list[Client], payload: dict[str, Any], ref: str) -> Any:
