@@ -192,7 +192,8 @@ def _generator(logdir: str, args: argparse.Namespace, name: str, topo: Topology,
                      concurrency=args.concurrency, timeout=args.timeout, connect_timeout=args.timeout, probe=probe)
 
 
-def _connect(gen: Generator, clients: int) -> dict[str, Any]:
+def connect_clients(gen: Generator, clients: int) -> dict[str, Any]:
+    """Wait until ``gen``'s clients and trigger have joined (a shortfall is reported); its "ready" event."""
     ready = gen.event("ready")
     if not ready["trigger"]:
         raise BenchmarkError(f"{gen.name}: the trigger could not join; failures: {_report.counts(ready['failures'])}")
@@ -203,6 +204,18 @@ def _connect(gen: Generator, clients: int) -> dict[str, Any]:
         raise BenchmarkError(f"{gen.name}: broadcasts from the trigger's node did not reach every node "
                              f"within {gen.wait:.0f} s (the cluster did not link)")
     return ready
+
+
+def warm_up(warm: Generator, clients: int, tag: str) -> None:
+    """
+    Connecting, joining, broadcasting (across the links: ``warm`` probes
+    until broadcasts cross the cluster), closing: every code path once.
+    """
+    connect_clients(warm, clients)
+    done = warm.ask(f"fanout {WARMUP_BROADCASTS}", "done")
+    warm.stop()
+    if done["missing"]:
+        raise BenchmarkError(f"{tag}: the warm-up lost {done['missing']} deliveries")
 
 
 # -- one measurement ------------------------------------------------------------------
@@ -228,19 +241,12 @@ def measure(
     try:
         topo.start()
 
-        # Warm up: connecting, joining, broadcasting (and crossing the links), closing;
-        # the probe waits until broadcasts cross the cluster.
-        warm = gen(f"{tag}-warmup", WARMUP_CLIENTS, probe=True)
-        _connect(warm, WARMUP_CLIENTS)
-        done = warm.ask(f"fanout {WARMUP_BROADCASTS}", "done")
-        warm.stop()
-        if done["missing"]:
-            raise BenchmarkError(f"{tag}: the warm-up lost {done['missing']} deliveries")
+        warm_up(gen(f"{tag}-warmup", WARMUP_CLIENTS, probe=True), WARMUP_CLIENTS, tag)
         time.sleep(0.5)
 
         # Throughput.
         g = gen(f"{tag}-throughput", opts.clients)
-        ready = _connect(g, opts.clients)
+        ready = connect_clients(g, opts.clients)
         time.sleep(1.0)
         if on_profile is not None:
             on_profile(topo, "throughput", "start")
@@ -258,7 +264,7 @@ def measure(
         if latency:
             time.sleep(1.0)
             lg = gen(f"{tag}-latency", opts.latency_clients)
-            _connect(lg, opts.latency_clients)
+            connect_clients(lg, opts.latency_clients)
             time.sleep(0.5)
             if on_profile is not None:
                 on_profile(topo, "latency", "start")

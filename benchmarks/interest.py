@@ -57,6 +57,7 @@ from benchmarks import _cli, _report
 from benchmarks._loadgen import Generator
 from benchmarks._proc import BenchmarkError
 from benchmarks._servers import Server, start_mesh, stop_all
+from benchmarks.cluster import connect_clients, warm_up
 
 NAME = "interest"
 HELP = "interest routing on the cluster links, off vs on: bytes and CPU on a node without subscribers"
@@ -68,7 +69,6 @@ LABELS = {
 KEYS = ("A", "T", "C")
 
 WARMUP_CLIENTS = 20
-WARMUP_BROADCASTS = 5
 
 #: Seconds the nodes have to link to each other.
 LINK_TIMEOUT = 60.0
@@ -196,26 +196,11 @@ def measure(ws: _cli.Run, opts: argparse.Namespace, mode: str, run: int) -> Resu
         gens.append(g)
         return g
 
-    def ready(g: Generator, clients: int) -> dict[str, Any]:
-        event = g.event("ready")
-        if not event["trigger"]:
-            raise BenchmarkError(f"{g.name}: the trigger could not join")
-        if event["joined"] < clients:
-            raise BenchmarkError(f"{g.name}: only {event['joined']} of {clients} clients joined; failures: "
-                                 f"{_report.counts(event['failures'])}")
-        return event
-
     try:
         topo.start()
-        warm = gen(f"{tag}-warmup", WARMUP_CLIENTS, probe=True)
-        ready(warm, WARMUP_CLIENTS)
-        done = warm.ask(f"fanout {WARMUP_BROADCASTS}", "done")
-        warm.stop()
-        if done["missing"]:
-            raise BenchmarkError(f"{tag}: the warm-up lost {done['missing']} deliveries")
-
+        warm_up(gen(f"{tag}-warmup", WARMUP_CLIENTS, probe=True), WARMUP_CLIENTS, tag)
         g = gen(f"{tag}-fanout", opts.clients)
-        joined = ready(g, opts.clients)
+        joined = connect_clients(g, opts.clients)
         time.sleep(1.0)
         cpu_before, read_before = topo.cpu(), topo.read()
         done = g.ask(f"fanout {opts.broadcasts}", "done")
