@@ -405,8 +405,11 @@ class PhoenixServerProtocol(WebSocketServerProtocol):
         Queue ``frame``, framed once however many connections it goes to;
         what is queued in one reactor turn goes out in one write.
         """
+        # The output knows whether the WebSocket is open: it stops taking
+        # frames at the close frame (sendCloseFrame) and when the connection
+        # is closed or lost (stop, stopProducing).
         output = self.output
-        if output is not None and self.state == _OPEN:
+        if output is not None:
             output.send_frame(frame)
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
