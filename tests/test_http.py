@@ -180,22 +180,46 @@ class PhoenixSiteTests(SynchronousTestCase):
         protocol.connectionLost(None)
 
     def test_websocketRoute(self) -> None:
-        """An upgrade on <mount>/websocket goes to the socket's factory, head and all."""
+        """
+        An upgrade on <mount>/websocket goes to the socket's factory, head
+        and all: at once while the turn has room and nobody waits.
+        """
         protocol, transport = self.connect()
         protocol.dataReceived(UPGRADE[:20])
-        protocol.dataReceived(UPGRADE[20:])
         self.assertEqual(self.websocket.protocols, [])
-        self.assertEqual(transport.producerState, "paused")  # waiting its turn, not reading
-        self.clock.advance(0)
+        protocol.dataReceived(UPGRADE[20:])
         [inner] = self.websocket.protocols
         self.assertIs(inner.transport, transport)
         self.assertEqual(inner.data, UPGRADE)
-        self.assertEqual(transport.producerState, "producing")
+        self.assertEqual(transport.producerState, "producing")  # never paused
         protocol.dataReceived(b"more")
         self.assertEqual(inner.data, UPGRADE + b"more")
         self.lose(protocol)
         self.assertTrue(inner.lost)
         self.assertEqual(self.site.connections, 0)
+
+    def test_waitingTurn(self) -> None:
+        """
+        Past the turn's share a request waits for the next turn, still read
+        (a WebSocket client sends nothing more before its answer) until it
+        has sent more than a head's worth of bytes, then not read until its
+        turn; what it sent reaches the protocol it goes to, in order.
+        """
+        first, _ = self.connect()
+        second, _ = self.connect()
+        third, transport = self.connect()
+        for protocol in (first, second, third):
+            protocol.dataReceived(UPGRADE)
+        self.assertEqual(len(self.websocket.protocols), 2)  # handshakes_per_turn
+        self.assertEqual(transport.producerState, "producing")
+        third.dataReceived(b"x" * 100)
+        self.assertEqual(transport.producerState, "producing")
+        third.dataReceived(b"y" * self.endpoint.max_header_bytes)
+        self.assertEqual(transport.producerState, "paused")
+        _turn(self.clock)
+        self.assertEqual(len(self.websocket.protocols), 3)
+        self.assertEqual(self.websocket.protocols[2].data, UPGRADE + b"x" * 100 + b"y" * self.endpoint.max_header_bytes)
+        self.assertEqual(transport.producerState, "producing")
 
     def test_pathParamRoute(self) -> None:
         """A :name segment matches any one segment."""
@@ -290,8 +314,8 @@ class PhoenixSiteTests(SynchronousTestCase):
         protocols = [self.connect()[0] for _ in range(5)]
         for n, protocol in enumerate(protocols):
             protocol.dataReceived(UPGRADE.replace(b"vsn=2.0.0", b"n=%d" % n))
-        counts = []
-        for _ in range(4):
+        counts = [len(self.websocket.protocols)]  # the arrival's turn
+        for _ in range(3):
             _turn(self.clock)
             counts.append(len(self.websocket.protocols))
         self.assertEqual(counts, [2, 4, 5, 5])
@@ -302,12 +326,15 @@ class PhoenixSiteTests(SynchronousTestCase):
 
     def test_goneWhileWaiting(self) -> None:
         """A connection that closes while waiting its turn is skipped."""
+        admitted = [self.connect()[0] for _ in range(self.endpoint.handshakes_per_turn)]
+        for protocol in admitted:
+            protocol.dataReceived(UPGRADE)  # the turn's share
         protocol, _ = self.connect()
         protocol.dataReceived(UPGRADE)
         self.lose(protocol)
         self.clock.advance(0)
-        self.assertEqual(self.websocket.protocols, [])
-        self.assertEqual(self.site.connections, 0)
+        self.assertEqual(len(self.websocket.protocols), len(admitted))
+        self.assertEqual(self.site.connections, len(admitted))
 
     def test_whenIdle(self) -> None:
         """when_idle fires once every connection is closed; abort_all drops them."""

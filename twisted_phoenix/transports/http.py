@@ -122,39 +122,53 @@ def _response(status: int, reason: str, body: bytes = b"") -> bytes:
 
 class _Turnstile:
     """
-    Lets at most ``per_turn`` waiting requests through per reactor turn, in
-    arrival order.
+    Lets at most ``per_turn`` requests through per reactor turn, in arrival
+    order.  A request that finds nobody waiting and the turn's share not used
+    up goes through at once (the usual case: no Deferred, no timer, no
+    pause); the others wait for the next turns.
     """
 
     def __init__(self, reactor: IReactorTime, per_turn: int) -> None:
         self.reactor = reactor
         self.per_turn = per_turn
         self.waiting: deque[_RequestReader] = deque()
+        #: Requests let through in this turn.
+        self._admitted = 0
         self._scheduled = False
 
     def enter(self, reader: _RequestReader) -> None:
-        self.waiting.append(reader)
+        """``reader`` has its request: let it through now or queue it."""
+        self._next_turn_later()
+        if not self.waiting and self._admitted < self.per_turn:
+            self._admitted += 1
+            self._admit(reader)
+        else:
+            self.waiting.append(reader)
+
+    def _next_turn_later(self) -> None:
         if not self._scheduled:
             self._scheduled = True
-            self.reactor.callLater(0, self._admit)
+            self.reactor.callLater(0, self._next_turn)
 
-    def _admit(self) -> None:
+    def _next_turn(self) -> None:
         self._scheduled = False
+        self._admitted = 0
         waiting = self.waiting
-        admitted = 0
-        while waiting and admitted < self.per_turn:
+        while waiting and self._admitted < self.per_turn:
             reader = waiting.popleft()
-            if reader.gone:
-                continue
-            admitted += 1
-            try:
-                reader.admit()
-            except Exception:
-                Logger().failure("Handling a request failed")
-                reader.transport.abortConnection()
-        if waiting and not self._scheduled:
-            self._scheduled = True
-            self.reactor.callLater(0, self._admit)
+            if not reader.gone:
+                self._admitted += 1
+                self._admit(reader)
+        if self._admitted:
+            self._next_turn_later()  # to count the next turn's from zero
+
+    @staticmethod
+    def _admit(reader: _RequestReader) -> None:
+        try:
+            reader.admit()
+        except Exception:
+            Logger().failure("Handling a request failed")
+            reader.transport.abortConnection()
 
 
 class _RequestReader(Protocol):
@@ -174,6 +188,7 @@ class _RequestReader(Protocol):
         self._deadline: Any = None
         self._route: Any = None
         self._head: RequestHead | None = None
+        self._paused = False
 
     def connectionMade(self) -> None:
         self._deadline = self.site.reactor.callLater(self.site.handshake_timeout, self._expired)
@@ -182,7 +197,13 @@ class _RequestReader(Protocol):
         buffered = self._buffer
         self._buffer = buffered = buffered + data
         if self._route is not None:
-            return  # waiting at the turnstile (reading is paused; a last read may land)
+            # Waiting at the turnstile.  A WebSocket client sends nothing
+            # more before its answer; whoever sends more than a head's worth
+            # is not read until its turn.
+            if len(buffered) > self.site.max_header_bytes and not self._paused:
+                self._paused = True
+                self.transport.pauseProducing()
+            return
         end = buffered.find(b"\r\n\r\n", max(0, len(buffered) - len(data) - 3))
         if end < 0:
             if len(buffered) > self.site.max_header_bytes:
@@ -203,8 +224,6 @@ class _RequestReader(Protocol):
             status, reason, body, why = self._route
             self._refuse(status, reason, why, body)
             return
-        # Wait here, not reading, for our turn.
-        self.transport.pauseProducing()
         self.site.turnstile.enter(self)
 
     def admit(self) -> None:
@@ -216,7 +235,8 @@ class _RequestReader(Protocol):
         # From now on the transport's reads go straight to the inner protocol.
         self.dataReceived = inner.dataReceived  # type: ignore[method-assign]
         inner.makeConnection(self.transport)
-        self.transport.resumeProducing()
+        if self._paused:
+            self.transport.resumeProducing()
         data, self._buffer = self._buffer, b""
         inner.dataReceived(data)
 
