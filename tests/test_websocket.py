@@ -684,6 +684,49 @@ class InMemoryFrameParsingTests(SynchronousTestCase):
             self.assertEqual(transport.value(), expected, cut)
 
 
+class InitialStateTests(SynchronousTestCase):
+    """
+    A connection sets only what changes per connection; the rest of
+    Autobahn's initial state is class defaults.
+    """
+
+    def test_asAutobahns(self) -> None:
+        """
+        A new connection's state is exactly what Autobahn's own
+        _connectionMade gives it: every attribute Autobahn sets, with its
+        value (fails when a new Autobahn adds one).
+        """
+        from autobahn.websocket.protocol import WebSocketProtocol
+
+        clock = MemoryReactorClock()
+        endpoint = HelloSocketsEndpoint(clock, secret_key_base=SECRET)
+        factory = endpoint.websocket_factories()["/socket"]
+        ours = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+        ours.makeConnection(StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 1)))
+        theirs = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 2))
+        theirs.transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 2))
+        built = dict(vars(theirs))
+        theirs.CONFIG_ATTRS = ()  # the options are class attributes of the factory's protocol
+        WebSocketProtocol._connectionMade(theirs)
+        del theirs.CONFIG_ATTRS
+        autobahns = {k: v for k, v in vars(theirs).items() if k not in built or built[k] is not v}
+        self.assertGreater(len(autobahns), 25)
+        for name, value in autobahns.items():
+            mine = getattr(ours, name)
+            if name.endswith("TimeoutCall") and value is not None:
+                self.assertIs(type(mine), type(value), name)
+            elif name == "utf8validator":  # made when first used (most connections never use it)
+                self.assertIs(type(mine), type(value), name)
+            elif type(value).__eq__ is object.__eq__:  # TrafficStats: same kind, same counts
+                self.assertIs(type(mine), type(value), name)
+                self.assertEqual(getattr(mine, "__dict__", mine), getattr(value, "__dict__", value), name)
+            else:
+                self.assertEqual(mine, value, name)
+        self.assertEqual(factory.countConnections, 1)  # ours counted (theirs skipped the server part)
+        theirs.openHandshakeTimeoutCall.cancel()
+        ours.openHandshakeTimeoutCall.cancel()
+
+
 class HandshakeParsingTests(_Served, TestCase):
     """
     Ordinary upgrades are answered from the head the request reader parsed;

@@ -31,7 +31,7 @@ from zope.interface import implementer
 if TYPE_CHECKING:
     from .serializers import Frame
 
-__all__ = ["BATCH", "IOV_MAX", "JOIN", "Flusher", "StreamOutput", "ws_frame"]
+__all__ = ["BATCH", "IOV_MAX", "JOIN", "Flusher", "StreamOutput", "plain_socket", "write_now", "ws_frame"]
 
 #: The most bytes an output joins into one write to a transport it does not
 #: write to directly (TLS): that transport copies what it buffers.
@@ -47,6 +47,36 @@ def ws_frame(data: bytes, binary: bool) -> bytes:
     if size < 65536:
         return struct.pack("!BBH", first, 126, size) + data
     return struct.pack("!BBQ", first, 127, size) + data
+
+
+def plain_socket(transport: Any) -> Any:
+    """
+    The socket of a plain TCP server transport, which may be written to
+    directly; ``None`` for any other (a TLS transport forwards unknown
+    attributes to the TCP transport beneath it, so this checks the type).
+    """
+    return transport.getHandle() if type(transport) is tcp.Server and not transport.TLS else None
+
+
+def write_now(transport: Any, data: bytes) -> None:
+    """
+    Write ``data`` now: on a plain TCP transport that holds nothing to go
+    first, straight to the socket (no write registration, no later turn);
+    what the kernel does not take, and everything on any other transport,
+    through ``transport.write``.
+    """
+    socket = plain_socket(transport)
+    if socket is not None and not transport.dataBuffer and not transport._tempDataBuffer and transport.connected:
+        try:
+            sent = socket.send(data)
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.ENOBUFS):
+                return  # the connection is gone: the reactor will say so
+            sent = 0
+        if sent == len(data):
+            return
+        data = data[sent:]
+    transport.write(data)
 
 
 class Flusher:
@@ -143,9 +173,8 @@ class StreamOutput:
         self._bytes = 0
         self._paused = False
         self._dirty = False
-        # A TLS transport forwards unknown attributes to the TCP transport
-        # beneath it: only a plain one is written to directly.
-        self._socket = transport.getHandle() if type(transport) is tcp.Server and not transport.TLS else None
+        # Only a plain TCP transport is written to directly.
+        self._socket = plain_socket(transport)
         transport.registerProducer(self, True)
 
     def __repr__(self) -> str:

@@ -17,13 +17,18 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections import deque
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 import txaio
 from autobahn.twisted.resource import WebSocketResource
+from autobahn.twisted.util import create_transport_details
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.protocol import TrafficStats
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from autobahn.websocket.utf8validator import Utf8Validator
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import ISSLTransport
 from twisted.logger import Logger
@@ -42,7 +47,7 @@ from .._handshake import (
     path_params,
     refused_event,
 )
-from .._output import StreamOutput, ws_frame
+from .._output import StreamOutput, write_now, ws_frame
 from .._session import Session
 from ..serializers import DecodeError, Frame
 from ..socket import Socket
@@ -66,6 +71,7 @@ __all__ = [
 # it).
 _CONNECTING = WebSocketServerProtocol.STATE_CONNECTING
 _OPEN = WebSocketServerProtocol.STATE_OPEN
+_SEND_GROUND = WebSocketServerProtocol.SEND_STATE_GROUND
 
 txaio.use_twisted()
 
@@ -113,14 +119,70 @@ class PhoenixServerProtocol(WebSocketServerProtocol):
     #: The transport's name in metrics and telemetry.
     transport_name = "websocket"
 
+    # Autobahn's initial per-connection state (WebSocketProtocol._connectionMade
+    # sets it on every connection) as class defaults: a connection assigns
+    # only what changes.  tests/test_websocket.py checks that these are all
+    # of Autobahn's, with its values.
+    _perMessageCompress = None
+    trackedTimings = None
+    triggered = False
+    wasMaxFramePayloadSizeExceeded = False
+    wasMaxMessagePayloadSizeExceeded = False
+    closedByMe = False
+    failedByMe = False
+    droppedByMe = False
+    wasClean = False
+    wasNotCleanReason = None
+    wasServerConnectionDropTimeout = False
+    wasOpenHandshakeTimeout = False
+    wasCloseHandshakeTimeout = False
+    wasServingFlashSocketPolicyFile = False
+    localCloseCode = None
+    localCloseReason = None
+    remoteCloseCode = None
+    remoteCloseReason = None
+    openHandshakeTimeoutCall = None
+    closeHandshakeTimeoutCall = None
+    autoPingTimeoutCall = None
+    autoPingPending = None
+    autoPingPendingCall = None
+    autoPingPendingSeq = 0
+    autoPingPendingSent = None
+
+    @cached_property
+    def utf8validator(self) -> Utf8Validator:
+        """Autobahn's UTF-8 validator, made for the frames Autobahn parses (most never reach it)."""
+        return Utf8Validator()
+
     # -- handshake ---------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        # What Autobahn's connectionMade and _connectionMade do for a server
+        # connection, without formatting their debug lines' arguments
+        # (hltype, pformat), which cost a tenth of a handshake whether the
+        # lines are logged or not.
+        transport = self.transport
+        self._transport_details = details = create_transport_details(transport, True)
+        self.peer = details.peer
+        try:
+            transport.setTcpNoDelay(self.tcpNoDelay)
+        except Exception:  # not TCP (Autobahn ignores it the same way)
+            pass
+        self._connectionMade()
 
     def _connectionMade(self) -> None:
         # The options are class attributes (PhoenixServerFactory sets them):
-        # nothing to copy per connection, nothing to pretty-print.
-        self.CONFIG_ATTRS = ()
-        super()._connectionMade()
-        del self.CONFIG_ATTRS
+        # nothing to copy per connection.
+        self.state = _CONNECTING
+        self.send_state = _SEND_GROUND
+        self.data = b""
+        self.send_queue = deque()
+        self.trafficStats = TrafficStats()
+        if self.openHandshakeTimeout > 0:
+            self.openHandshakeTimeoutCall = self.factory._batched_timer.call_later(
+                self.openHandshakeTimeout, self.onOpenHandshakeTimeout
+            )
+        self.factory.countConnections += 1
 
     def onConnect(self, request: Any) -> Any:
         factory = self.factory
@@ -416,7 +478,11 @@ class PhoenixServerProtocol(WebSocketServerProtocol):
         # Autobahn's own frames (pong, close) go after what is queued, at once.
         output = self.output
         if output is None:
-            super().sendData(data, sync, chopsize)
+            if sync or chopsize or self.send_queue:
+                super().sendData(data, sync, chopsize)
+            else:
+                # The handshake's answer: to the socket now, not in a later turn.
+                write_now(self.transport, data)
         elif output.overflowed:
             self.transport.write(data)  # the close frame to a client given up
         else:
