@@ -11,9 +11,28 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.logger import LogLevel, formatEventAsClassicLogText
 from twisted.python.failure import Failure
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from twisted_phoenix._textlog import TextLogObserver
+from twisted_phoenix._textlog import HOLD, TextLogObserver
+
+
+class _Out(io.StringIO):
+    """A text file counting its writes and flushes."""
+
+    writes = 0
+    flushes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+    def flush(self) -> None:
+        self.flushes += 1
+
+
+def _info(text: str, when: float = 5.5) -> dict[str, Any]:
+    return {"log_format": text, "log_time": when, "log_level": LogLevel.info, "log_namespace": "x"}
 
 
 def _twisted(event: dict[str, Any]) -> str | None:
@@ -77,21 +96,63 @@ class TextLogObserverTests(SynchronousTestCase):
             self.assertSameLine(event)
 
     def test_writesAndFlushes(self) -> None:
-        """Each line is written and flushed."""
-
-        class Out(io.StringIO):
-            flushes = 0
-
-            def flush(self) -> None:
-                self.flushes += 1
-
-        out = Out()
+        """Without a reactor, each line is written and flushed."""
+        out = _Out()
         observer = TextLogObserver(out)
-        observer({"log_format": "one", "log_time": 5.5, "log_level": LogLevel.info, "log_namespace": "x"})
-        observer({"log_format": "two", "log_time": 6.5, "log_level": LogLevel.info, "log_namespace": "x"})
+        observer(_info("one"))
+        observer(_info("two", 6.5))
         self.assertEqual(out.getvalue().count("\n"), 2)
-        self.assertEqual(out.flushes, 2)
+        self.assertEqual((out.writes, out.flushes), (2, 2))
         self.assertTrue(out.getvalue().endswith("[x#info] two\n"))
+
+    def test_turnWrittenTogether(self) -> None:
+        """With a reactor, a turn's lines go out in one write and one flush at its end."""
+        clock = Clock()
+        out = _Out()
+        observer = TextLogObserver(out, clock)
+        observer(_info("one"))
+        observer(_info("two"))
+        self.assertEqual(out.getvalue(), "")
+        clock.advance(0)
+        self.assertEqual((out.writes, out.flushes), (1, 1))
+        self.assertEqual(out.getvalue(), TextLogObserver(io.StringIO()).format(_info("one")) + TextLogObserver(io.StringIO()).format(_info("two")))
+        clock.advance(0)
+        self.assertEqual((out.writes, out.flushes), (1, 1))  # nothing more to write
+
+    def test_errorsAtOnce(self) -> None:
+        """An error or critical line is written at once, after the lines held before it."""
+        for level in (LogLevel.error, LogLevel.critical):
+            clock = Clock()
+            out = _Out()
+            observer = TextLogObserver(out, clock)
+            observer(_info("before"))
+            observer({**_info("bad"), "log_level": level})
+            lines = out.getvalue().splitlines()
+            self.assertEqual([line.rsplit(" ", 1)[1] for line in lines], ["before", "bad"])
+            self.assertEqual(out.flushes, 1)
+
+    def test_notRunning(self) -> None:
+        """While the reactor is not running (before it starts, after it stops) lines are written at once."""
+        clock = Clock()
+        clock.running = False  # type: ignore[attr-defined]
+        out = _Out()
+        TextLogObserver(out, clock)(_info("stopping"))
+        self.assertEqual(out.flushes, 1)
+        self.assertIn("stopping", out.getvalue())
+
+    def test_heldBounded(self) -> None:
+        """Past HOLD characters held, the lines are written without waiting for the turn's end."""
+        clock = Clock()
+        out = _Out()
+        observer = TextLogObserver(out, clock)
+        event = _info("x" * 1000)
+        fit = HOLD // len(observer.format(event))
+        for _ in range(fit):
+            observer(event)
+        self.assertEqual(out.writes, 0)
+        observer(event)
+        self.assertEqual(out.writes, 1)
+        self.assertEqual(out.getvalue().count("\n"), fit + 1)
 
     @settings(max_examples=200, deadline=None, derandomize=True)
     @given(

@@ -725,14 +725,15 @@ class _Top(service.MultiService):
         return super().setServiceParent(parent)
 
 
-def rotating_log_observer(path: str, max_bytes: int, max_files: int) -> Any:
+def rotating_log_observer(path: str, max_bytes: int, max_files: int, reactor: Any = None) -> Any:
     """
     A log observer writing to ``path``, rotated at ``max_bytes`` with at most
-    ``max_files`` rotated files kept (twistd's own keeps them all).
+    ``max_files`` rotated files kept (twistd's own keeps them all); given
+    ``reactor``, a turn's lines are written together.
     """
     directory, name = os.path.split(os.path.abspath(path))
     logfile = LogFile(name, directory, rotateLength=max_bytes, maxRotatedFiles=max_files)
-    return TextLogObserver(logfile)
+    return TextLogObserver(logfile, reactor)
 
 
 def _twistd_log_path(options: Options) -> str | None:
@@ -763,19 +764,21 @@ def makeService(options: Options) -> service.IService:
     if options["workers"] is not None:
         from .workers.supervisor import supervisor_service
 
-        return supervisor_service(reactor, options, _logging_top(options))
+        return supervisor_service(reactor, options, _logging_top(options, reactor))
     return serving_service(options, reactor)
 
 
-def _logging_top(options: Options) -> _Top:
+def _logging_top(options: Options, reactor: Any) -> _Top:
     """The top service, with the log observer twistd should use, if ours."""
     top = _Top()
     # twistd's own observer writes the same lines, much slower.
     log_path = _twistd_log_path(options)
     if log_path == "-":
-        top.log_observer = TextLogObserver(sys.stdout)
+        top.log_observer = TextLogObserver(sys.stdout, reactor)
     elif log_path is not None:
-        top.log_observer = rotating_log_observer(log_path, options["log-max-bytes"], options["log-max-files"])
+        top.log_observer = rotating_log_observer(
+            log_path, options["log-max-bytes"], options["log-max-files"], reactor
+        )
     return top
 
 
@@ -805,7 +808,7 @@ def serving_service(
         endpoint.static = {**endpoint.static, "/": options["static"]}
     if options["health"] is not None:
         endpoint.health_path = options["health"]
-    top = _logging_top(options)
+    top = _logging_top(options, reactor)
     if options["cluster"]:
         node = Node(
             reactor,

@@ -72,8 +72,8 @@ def boot() -> None:
 class _WorkerLogObserver(TextLogObserver):
     """Our text log lines, each naming the worker (``[worker-2 twisted_phoenix...#info]``)."""
 
-    def __init__(self, out: Any, tag: str) -> None:
-        super().__init__(out)
+    def __init__(self, out: Any, tag: str, reactor: Any = None) -> None:
+        super().__init__(out, reactor)
         self.tag = tag
 
     def format(self, event: dict[str, Any]) -> str | None:
@@ -347,7 +347,7 @@ def main(settings: dict[str, Any]) -> int:
     from twisted.python import usage
 
     reactor = _install_reactor(settings.get("reactor"))
-    observer = _WorkerLogObserver(sys.stdout, f"worker-{settings['index']}")
+    observer = _WorkerLogObserver(sys.stdout, f"worker-{settings['index']}", reactor)
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
 
     from ..tap import Options
