@@ -248,7 +248,9 @@ class ChannelServer:
             while mailbox and self.state is JOINED:
                 handler, args = mailbox.pop(0)
                 result = handler(*args)
-                if isinstance(result, Deferred):
+                # The handlers return None or a Deferred.  (No isinstance:
+                # Deferred's ABCMeta makes it a Python-level call per message.)
+                if result is not None:
                     self._waiting = True
                     result.addBoth(self._resume)
                     if self._waiting:
@@ -268,7 +270,7 @@ class ChannelServer:
         except BaseException:
             self.crash(Failure())
             return None
-        if isinstance(result, Deferred):
+        if type(result) is not Result and result is not None and isinstance(result, Deferred):
             return result.addCallback(on_result).addErrback(self.crash)
         try:
             on_result(result)
