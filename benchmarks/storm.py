@@ -13,8 +13,10 @@ heartbeat every 100 ms.
     from the start until every client joined, how many never joined within
     ``--timeout`` and why (refused, reset, timeout, an HTTP status, a join
     error), the join latency, and the canary's heartbeat reply latency during
-    the storm (median, p99, max, unanswered).  Targets: all joined within
-    15 s; the canary's max at most 1 s.
+    the storm (median, p99, max, unanswered), and the server's CPU time over
+    the storm per client (what a connect and join cost it, whatever share
+    of the cores the generators take).  Targets: all joined within 15 s;
+    the canary's max at most 1 s.
 ``storm --herd``
     N phoenix.js clients connect (``--setup-concurrency`` at a time) and join;
     the canary starts; the server is killed (``--restart-signal``, KILL by
@@ -213,6 +215,12 @@ def _samples(before: Any, peak_kib: int | None, after: Any) -> dict[str, Any]:
     }
 
 
+def _cpu_per_client(r: Result) -> str:
+    """The server's CPU time from the start until every client joined (or gave up), per client."""
+    cpu = r.server_samples.get("cpu_seconds")
+    return f"{1e6 * cpu / r.clients:.0f} µs" if cpu is not None and r.clients else "-"
+
+
 def _canary_text(c: dict[str, Any]) -> str:
     lat = c.get("latency_ms") or {}
     return (f"canary {c['replies']:,} of {c['sent']:,} heartbeats answered, p50 {_report.ms(lat.get('p50'))}, "
@@ -231,7 +239,8 @@ def print_run(r: Result) -> None:
             if f["closed_after_join"] else ""
         print(f"  run {r.run} {r.server}: {joined}{late}; join p50 {_report.ms(f['join_p50_ms'])}, "
               f"max {_report.ms(f['join_max_ms'])}; {_canary_text(r.canary)}; {memory}; "
-              f"generator busy {100 * r.generator_busy:.0f}%", flush=True)
+              f"server CPU {_cpu_per_client(r)} per client; generator busy {100 * r.generator_busy:.0f}%",
+              flush=True)
         return
     rejoined = (f"all {f['rejoined']:,} rejoined {f['all_rejoined_after_kill']:.2f} s after the kill "
                 f"({f['all_rejoined_after_up']:.2f} s after the new server accepted)"
@@ -251,7 +260,8 @@ def table(results: list[Result], specs: list[Spec]) -> str:
     rows = []
     if not results[0].herd:
         header = ("server", "server options", "clients", "all joined in", "target <= 15 s", "never joined (why)",
-                  "canary p50", "p99", "max", "target <= 1 s", "unanswered", "RSS before -> peak")
+                  "canary p50", "p99", "max", "target <= 1 s", "unanswered", "RSS before -> peak",
+                  "server CPU per client")
         for r in results:
             f, c, s = r.figures, r.canary, r.server_samples
             lat = c.get("latency_ms") or {}
@@ -265,6 +275,7 @@ def table(results: list[Result], specs: list[Spec]) -> str:
                 _report.verdict(c["max_ms"] <= TARGET_CANARY_MS and c["replies"] > 0),
                 f"{c['unanswered']:,}",
                 f"{_report.mib(s['rss_before_kib'])} -> {_report.mib(s['rss_peak_kib'])}",
+                _cpu_per_client(r),
             ))
         return _report.rst_table(header, rows)
     header = ("server", "server options", "clients", "restart", "all rejoined after the kill", "after accepting",
