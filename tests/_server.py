@@ -273,9 +273,10 @@ def start_server(
     timeout: float = 20.0,
     name: str = "server",
     ready: str | None = None,
+    twistd_args: Iterable[str] = (),
 ) -> defer.Deferred[ServerProcess]:
     """
-    Spawn ``twistd -n phoenix --listen ... *args`` and fire with a
+    Spawn ``twistd -n [twistd_args] phoenix --listen ... *args`` and fire with a
     :class:`ServerProcess` once every listen description is bound.
 
     :param testcase: a trial ``TestCase``; the server is stopped (and
@@ -288,6 +289,7 @@ def start_server(
         for a ``--no-http`` node (give ``ready`` then).
     :param ready: text the server must also have logged before it counts as
         started, e.g. ``"listening for cluster links"`` for a cluster node.
+    :param twistd_args: twistd's own options, e.g. ``("--reactor", "poll")``.
     """
     if reactor is None:
         from twisted.internet import reactor  # type: ignore[no-redef]
@@ -304,7 +306,7 @@ def start_server(
     argv = [
         sys.executable, "-c",
         "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()",
-        "--nodaemon", "--pidfile=", "--logfile=-",
+        "--nodaemon", "--pidfile=", "--logfile=-", *twistd_args,
         "phoenix",
     ]
     for description in listen:

@@ -759,6 +759,9 @@ def makeService(options: Options) -> service.IService:
     ``--workers``, the parent of the worker processes that serve it
     (:mod:`twisted_phoenix.workers`).
     """
+    from ._reactor import install_default
+
+    install_default()  # unless twistd installed one (--reactor)
     from twisted.internet import reactor
 
     if options["workers"] is not None:

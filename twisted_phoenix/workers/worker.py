@@ -322,10 +322,15 @@ class Worker:
 
 
 def _install_reactor(name: str | None) -> Any:
+    """The reactor the parent's twistd was given (``--reactor``), else the plugin's default."""
     if name:
         from twisted.application.reactors import installReactor
 
         installReactor(name)
+    else:
+        from .._reactor import install_default
+
+        install_default()
     from twisted.internet import reactor
 
     return reactor
