@@ -17,7 +17,7 @@ from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from twisted_phoenix._output import BATCH, JOIN, Flusher, StreamOutput
+from twisted_phoenix._output import BATCH, JOIN, Flusher, StreamOutput, write_now
 from twisted_phoenix.serializers import Frame
 
 from ._client import capture_logs
@@ -290,6 +290,57 @@ class StreamOutputSocketTests(TestCase):
             received += self.read_all()
             yield deferLater(reactor, 0.01, lambda: None)
         self.assertEqual(received, b"hello world")
+
+    def recv_exactly(self, size: int) -> bytes:
+        """Read ``size`` bytes from the client's socket, blocking (the kernel has them or is sending them)."""
+        self.client.setblocking(True)
+        self.client.settimeout(10)
+        try:
+            received = b""
+            while len(received) < size:
+                chunk = self.client.recv(size - len(received))
+                if not chunk:
+                    break
+                received += chunk
+            return received
+        finally:
+            self.client.setblocking(False)
+
+    def test_writeNow(self) -> None:
+        """write_now sends on the socket at once: nothing buffered, no write registered."""
+        answer = b"HTTP/1.1 101 Switching Protocols\r\n\r\n"
+        write_now(self.transport, answer)
+        self.assertEqual((self.transport.dataBuffer, self.transport._tempDataBuffer), (b"", []))
+        self.assertNotIn(self.transport, reactor.getWriters())
+        self.assertEqual(self.recv_exactly(len(answer)), answer)  # in the kernel already
+
+    @inlineCallbacks
+    def test_writeNowAfterBuffered(self) -> Any:
+        """Bytes Twisted holds go first: write_now then writes through the transport."""
+        self.transport.write(b"first ")
+        write_now(self.transport, b"second")
+        self.assertEqual(self.transport._tempDataBuffer, [b"first ", b"second"])
+        received = b""
+        deadline = reactor.seconds() + 30
+        while len(received) < 12 and reactor.seconds() < deadline:
+            received += self.read_all()
+            yield deferLater(reactor, 0, lambda: None)  # Twisted writes when the reactor turns
+        self.assertEqual(received, b"first second")
+
+    @inlineCallbacks
+    def test_writeNowPartial(self) -> Any:
+        """What the kernel does not take goes to the transport, in order, and arrives."""
+        data = bytes(range(256)) * (4 * 4096)  # 4 MiB: more than the socket buffers hold
+        write_now(self.transport, data)
+        held = len(self.transport.dataBuffer) + self.transport._tempDataLen
+        self.assertGreater(held, 0)
+        self.assertLess(held, len(data))
+        received = b""
+        deadline = reactor.seconds() + 30
+        while len(received) < len(data) and reactor.seconds() < deadline:
+            received += self.read_all()
+            yield deferLater(reactor, 0, lambda: None)
+        self.assertEqual(received, data)
 
     @inlineCallbacks
     def test_stalledClientKeepsSharedFrames(self) -> Any:
